@@ -1,0 +1,23 @@
+"""Entry point: `python -m toolgen_jax.main --config=configs/NAME.py --workdir=DIR [--config.a.b=value ...]`.
+
+Kept thin so that a notebook can call `toolgen_jax.pipeline.run(config, workdir)` directly.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where artifacts, checkpoints and the report go (resumed if present).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from toolgen_jax import pipeline  # imported late: flag errors are reported before JAX starts
+  logging.set_verbosity(logging.INFO)
+  pipeline.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
