@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_tools = -1
   c.data.doc_template = "{category} | {tool_name} | {api_name}: {description} | params: {parameters}"
   c.data.doc_max_chars = 1024
+  c.data.split_by_group = True    # split_queries stratifies by Query.group (I1/I2/I3, BFCL category)
+  c.data.cooccurrence_normalization = "sym"  # A_uv: sym = D^-1/2 C D^-1/2 | row = D^-1 C | none = counts
 
   # --- LLM backbone (toolgen_jax/models) -----------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -78,12 +80,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.eval_every = 0
   c.train.log_every = 10
+  c.train.min_lr_ratio = 0.0      # cosine decays from the peak to peak * min_lr_ratio
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.999
+  c.train.adam_eps = 1e-8
+  c.train.loss_chunk = 0          # >0: cross-entropy over sequence chunks of this many tokens (no full [B,T,V] logits)
+  c.train.packing = "pad"         # pad (one example per row) | pack (several per row, segment-masked attention)
+  c.train.multi_target = "separate"  # retrieval, several relevant tools: separate (one example per tool) | joint
+  c.train.best_metric = ""        # "" = no best-by-metric copy; else an eval metric name, e.g. "ndcg@5"
+  c.train.best_mode = "max"       # max | min
+  c.train.async_checkpoint = True
+  c.train.refine_rounds = 0       # Toolscaler post-guided refinement rounds T (0 = off)
+  c.train.tensorboard = True
+  c.train.progress_bar = True
 
   # --- device mesh and logical axis rules (toolgen_jax/training/sharding) -------------------------------------
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1 = all remaining devices
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.distributed = "auto"     # auto (initialize when launched on several hosts) | always | never
+  # Logical axis -> mesh axes (MaxText style). Parameters: FSDP over 'embed', tensor parallel over heads/mlp/vocab.
+  # Activations: batch over (data, fsdp); heads/mlp/vocab over tensor. Model code names axes, never devices.
+  c.mesh.logical_axis_rules = (
+      ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
+      ("mlp", "tensor"), ("layers", None), ("lora_rank", None),
+      ("activation_batch", ("data", "fsdp")), ("activation_length", None), ("activation_embed", None),
+      ("activation_heads", "tensor"), ("activation_kv_heads", "tensor"), ("activation_mlp", "tensor"),
+      ("activation_vocab", "tensor"), ("activation_head_dim", None),
+  )
 
   # --- constrained decoding (toolgen_jax/decoding) ---------------------------------------------------------------
   c.decode = ml_collections.ConfigDict()
@@ -98,6 +123,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.baselines = ("bm25", "embedding")
   c.eval.batch_size = 8
   c.eval.perplexity = True
+  c.eval.recall_ks = (5,)         # Recall@k cut-offs reported next to NDCG@ks
+  c.eval.depth = 100              # tools a baseline retrieves per query; the peers' toolgen_ndcg@k counts these (ToolGen: 100)
+  c.eval.split = "auto"           # query split `evaluate` scores: auto (test, else eval, else all) | "" (all) | a name
+  c.eval.bm25_method = "lucene"   # bm25s scorer: lucene | robertson | atire | bm25l | bm25+
+  c.eval.bm25_k1 = 1.5
+  c.eval.bm25_b = 0.75
+  c.eval.bm25_analyzer = "words"  # words (\w\w+, English stop words) | nltk (words + punctuation, ToolGen-like)
+  c.eval.perplexity_tokens = 4096  # fixed slice of the held-out text (pydoc_data prose)
+  c.eval.perplexity_window = 256
+  c.eval.perplexity_stride = 128
+
+  # --- tool-calling agent, chat and server (toolgen_jax/agent, chat.py, serve.py) ----------------------------------
+  c.agent = ml_collections.ConfigDict()
+  c.agent.max_steps = 8                   # assistant steps per episode before it stops unfinished (ToolBench: 12)
+  c.agent.time_limit_s = 120.0            # wall-clock limit per episode
+  c.agent.tool_timeout_s = 10.0           # per executor call (callables and REST)
+  c.agent.max_observation_chars = 2048    # observation text shown to the model is cut here
+  c.agent.max_response_bytes = 2**20      # REST executor: a larger body is an error observation
+  c.agent.allowed_hosts = ("127.0.0.1", "localhost")  # REST executor allow-list
+  c.agent.constrained_arguments = True    # build Action Input from the tool's JSON schema (model fills values)
+  c.agent.coerce_strings = True           # accept "5" for a NUMBER argument (RapidAPI passes strings)
+  c.agent.allow_extra_arguments = False   # undeclared argument keys are an error observation
+  c.agent.think_max_tokens = 96           # Thought: free text until a stop string or this many tokens
+  c.agent.arguments_max_tokens = 128      # free-text Action Input budget (and per string value when constrained)
+
+  c.serve = ml_collections.ConfigDict()
+  c.serve.host = "127.0.0.1"              # loopback by default; binding elsewhere is the user's explicit choice
+  c.serve.port = 8000
+  c.serve.max_body_bytes = 2**20          # larger requests get 413
+  c.serve.max_tools = 128                 # more request tools get 400
+  c.serve.max_messages = 256              # more request messages get 400
 
   return c
 

@@ -37,6 +37,7 @@ class Tool:
   method: str = ""
   template_response: Any = None
   source: str = ""
+  extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # source-specific fields (Gorilla api_call, ...)
 
   @property
   def key(self) -> tuple[str, str]:
@@ -44,11 +45,17 @@ class Tool:
 
   @property
   def name(self) -> str:
-    """Display name: `api_name` alone when it equals the tool name (BFCL), else `tool_name.api_name`."""
-    return self.api_name if self.api_name == self.tool_name else f"{self.tool_name}.{self.api_name}"
+    """Display name: `api_name` alone when it equals the tool name (BFCL), else `tool_name.api_name`.
+
+    BFCL names with several different docs are keyed `tool_name = name#<doc hash>`, `api_name = name`; their
+    display name is the tool name itself (`get_weather#3f2a1c`).
+    """
+    if self.api_name == self.tool_name or self.tool_name.startswith(self.api_name + "#"):
+      return self.tool_name
+    return f"{self.tool_name}.{self.api_name}"
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self) | {"parameters": dict(self.parameters)}
+    return dataclasses.asdict(self) | {"parameters": dict(self.parameters), "extra": dict(self.extra)}
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any]) -> "Tool":

@@ -1,0 +1,245 @@
+"""Beam search against exhaustive scoring of every valid sequence (same model), a NumPy beam search, and a tiny
+random Llama with left-padded prompts; property tests on random tries and random logits."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+from hypothesis import given, settings, strategies as st
+
+from toolgen_jax.decoding import beam_search as bs
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.decoding.trie import Trie
+
+
+# --- a toy model: logits = table[hash of the history]; reordering the cache matters --------------------------------
+
+@struct.dataclass
+class ToyCache:
+  h: jax.Array  # [N] int32
+
+
+def toy_step(params, tokens, cache):
+  h = (cache.h * 31 + tokens[:, 0] + 1) % params["table"].shape[0]
+  return params["table"][h], ToyCache(h=h)
+
+
+def toy_reorder(cache, index):
+  return ToyCache(h=cache.h[index])
+
+
+def make_toy(seed, vocab, states=101, scale=2.0):
+  rng = np.random.default_rng(seed)
+  return {"table": jnp.asarray(rng.normal(size=(states, vocab)) * scale, jnp.float32)}
+
+
+def lsm(x):
+  x = np.asarray(x, np.float64)
+  m = x.max()
+  return x - m - np.log(np.exp(x - m).sum())
+
+
+def toy_score(params, h0, tokens, alpha=0.0):
+  """Sum of log p of a token sequence (-1 padded) after history hash h0, normalised by len^alpha."""
+  tab = np.asarray(params["table"], np.float64)
+  s, h, n = 0.0, int(h0), 0
+  lp = lsm(tab[h])
+  for t in tokens:
+    if t < 0:
+      break
+    s += lp[t]
+    n += 1
+    h = (h * 31 + int(t) + 1) % tab.shape[0]
+    lp = lsm(tab[h])
+  return s / (n ** alpha if alpha else 1.0)
+
+
+def exhaustive(params, h0, trie, tool_ids, alpha=0.0):
+  toks = trie.tokens_of(tool_ids)
+  scores = np.array([toy_score(params, h0, t, alpha) for t in toks])
+  order = np.argsort(-scores, kind="stable")
+  return np.asarray(tool_ids)[order], scores[order]
+
+
+def run_toy(params, trie, h0, beam, alpha=0.0, allowed=None):
+  h0 = jnp.asarray(h0, jnp.int32)
+  first = params["table"][h0]
+  return bs.trie_beam_search(toy_step, toy_reorder, params, first, ToyCache(h=h0), trie.device(),
+                             beam_size=beam, alpha=alpha, allowed=allowed)
+
+
+def numpy_beam(params, h0, trie, beam):
+  """Plain host beam search over a fixed-length trie (the textbook algorithm, dicts and loops)."""
+  seqs = {tuple(t): i for i, t in zip(trie.tool_ids, trie.tokens_of(trie.tool_ids)) if i in trie.live_tool_ids}
+  prefixes = {s[:d] for s in seqs for d in range(len(s) + 1)}
+  beams = [((), 0.0)]
+  for _ in range(trie.depth):
+    cands = []
+    for prefix, score in beams:
+      for v in range(params["table"].shape[1]):
+        if prefix + (v,) in prefixes:
+          cands.append((prefix + (v,), score + toy_score(params, h0, list(prefix) + [v]) - toy_score(
+              params, h0, list(prefix))))
+    beams = sorted(cands, key=lambda c: -c[1])[:beam]
+  return [seqs[p] for p, _ in beams], np.array([s for _, s in beams])
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 30])
+def test_wide_beam_equals_exhaustive_fixed_length(budget):
+  rng = np.random.default_rng(0)
+  k, length = 5, 3
+  codes = np.unique(rng.integers(0, k, (40, length)), axis=0)
+  trie = Trie.build(codes, code_tokens=np.arange(length * k).reshape(length, k) + 3, dense_budget_bytes=budget)
+  params = make_toy(1, 20)
+  h0 = [0, 7, 33]
+  beam = len(codes)  # >= the number of nodes at any depth: beam search is exhaustive
+  res = run_toy(params, trie, h0, beam)
+  for q in range(3):
+    ids, scores = exhaustive(params, h0[q], trie, np.arange(len(codes)))
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q]), ids)
+    np.testing.assert_allclose(np.asarray(res.scores[q]), scores, atol=1e-5)
+    np.testing.assert_array_equal(trie.lookup(np.asarray(res.tokens[q])), ids)
+
+
+def test_narrow_beam_equals_numpy_beam_search():
+  rng = np.random.default_rng(5)
+  k, length = 6, 3
+  codes = np.unique(rng.integers(0, k, (80, length)), axis=0)
+  trie = Trie.build(codes, code_tokens=np.arange(length * k).reshape(length, k))
+  params = make_toy(6, 18, scale=1.0)
+  res = run_toy(params, trie, [3, 4], beam=3)
+  for q, h0 in enumerate([3, 4]):
+    ids, scores = numpy_beam(params, h0, trie, 3)
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q]), ids)
+    np.testing.assert_allclose(np.asarray(res.scores[q]), scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_variable_length_with_end_equals_exhaustive(alpha):
+  rng = np.random.default_rng(2)
+  k, length = 4, 4
+  seqs = sorted({tuple(rng.integers(0, k, rng.integers(1, length + 1)).tolist()) for _ in range(30)})
+  trie = Trie.build([list(s) for s in seqs], end_token=19, code_tokens=np.arange(length * k).reshape(length, k))
+  params = make_toy(3, 20)
+  beam = len(seqs)
+  res = run_toy(params, trie, [1, 2], beam, alpha=alpha)
+  for q, h0 in enumerate([1, 2]):
+    ids, scores = exhaustive(params, h0, trie, np.arange(len(seqs)), alpha)
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q]), ids)
+    np.testing.assert_allclose(np.asarray(res.scores[q]), scores, atol=1e-5)
+
+
+def test_subset_and_removed_tools():
+  rng = np.random.default_rng(7)
+  k, length = 5, 2
+  codes = np.unique(rng.integers(0, k, (20, length)), axis=0)
+  trie = Trie.build(codes, code_tokens=np.arange(length * k).reshape(length, k)).remove([0, 1, 2])
+  params = make_toy(8, 12)
+  mask = np.zeros((2, len(codes)), bool)
+  mask[0, [1, 4, 5, 9]] = True          # tool 1 is removed: must not come back through the subset
+  mask[1, 3:] = True
+  allowed = trie_lib.allowed_nodes(trie.device(), jnp.asarray(mask))
+  res = run_toy(params, trie, [5, 6], beam=8, allowed=allowed)
+  for q, h0 in enumerate([5, 6]):
+    pool = [i for i in np.nonzero(mask[q])[0] if i not in (0, 1, 2)]
+    ids, scores = exhaustive(params, h0, trie, pool)
+    n = min(len(pool), 8)
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q, :n]), ids[:n])
+    np.testing.assert_allclose(np.asarray(res.scores[q, :n]), scores[:n], atol=1e-5)
+    assert np.all(np.asarray(res.tool_ids[q, n:]) == -1) and np.all(np.isneginf(np.asarray(res.scores[q, n:])))
+
+
+def test_free_text_beam_equals_exhaustive_and_greedy():
+  vocab, max_len, eos = 5, 3, 4
+  params = make_toy(9, vocab)
+  h0 = jnp.asarray([2, 9], jnp.int32)
+  first = params["table"][h0]
+  # All hypotheses: sequences ending in EOS at any length <= max_len, or max_len tokens without EOS.
+  hyps = [s for n in range(1, max_len + 1) for s in itertools.product(range(vocab), repeat=n)
+          if (eos not in s[:-1]) and (s[-1] == eos or n == max_len)]
+  for alpha in (0.0, 0.7):
+    for unroll in (False, True):
+      res = bs.beam_search(toy_step, toy_reorder, params, first, ToyCache(h=h0), beam_size=vocab ** 2,
+                           max_len=max_len, eos_id=eos, alpha=alpha, unroll=unroll)
+      for q in range(2):
+        scores = np.array([toy_score(params, int(h0[q]), s, alpha) for s in hyps])
+        order = np.argsort(-scores, kind="stable")[:vocab ** 2]
+        np.testing.assert_allclose(np.asarray(res.scores[q]), scores[order], atol=1e-5)
+        want = np.full((len(order), max_len), -1)
+        for i, j in enumerate(order):
+          want[i, :len(hyps[j])] = hyps[j]
+        np.testing.assert_array_equal(np.asarray(res.tokens[q]), want)
+  # Greedy = argmax at every step.
+  res = bs.greedy(toy_step, toy_reorder, params, first, ToyCache(h=h0), max_len=4)
+  for q in range(2):
+    h, out = int(h0[q]), []
+    tab = np.asarray(params["table"])
+    for _ in range(4):
+      tok = int(np.argmax(tab[h]))
+      out.append(tok)
+      h = (h * 31 + tok + 1) % tab.shape[0]
+    np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), out)
+
+
+def test_tiny_llama_left_padded_prompts_equal_exhaustive():
+  from toolgen_jax.decoding import constrained
+  from toolgen_jax.models import llama
+  cfg = llama.LlamaConfig.tiny(vocab_size=64)
+  params = llama.init_params(cfg, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  k, length = 4, 3
+  codes = np.unique(rng.integers(0, k, (24, length)), axis=0)
+  trie = Trie.build(codes, code_tokens=trie_lib.level_token_table(40, length, k))
+  prompts = [[1, 5, 7, 9], [3, 4], [8, 9, 10, 11, 12, 13, 14, 15, 16]]
+  tok, mask = constrained.left_pad(prompts, pad_id=0, multiple=8)
+  res = constrained.retrieve(params, cfg, jnp.asarray(tok), jnp.asarray(mask), trie.device(), beam_size=len(codes))
+  toks = trie.tokens_of(np.arange(len(codes)))
+  for q, p in enumerate(prompts):  # reference: full forward (no cache, no padding) of prompt + code tokens
+    seqs = np.array([p + list(t) for t in toks])
+    logp = np.asarray(jax.nn.log_softmax(llama.forward(params, cfg, jnp.asarray(seqs))[0], -1), np.float64)
+    n = len(p)
+    scores = sum(logp[np.arange(len(seqs)), n - 1 + i, seqs[:, n + i]] for i in range(length))
+    order = np.argsort(-scores, kind="stable")
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q]), order)
+    np.testing.assert_allclose(np.asarray(res.scores[q]), scores[order], atol=1e-5)
+
+
+def test_ranked_tools_dedups():
+  r = bs.BeamResult(tool_ids=jnp.asarray([[3, 3, 1, -1], [2, 0, 2, 5]]), scores=jnp.zeros((2, 4)),
+                    tokens=jnp.zeros((2, 4, 1), jnp.int32))
+  assert bs.ranked_tools(r) == [[3, 1], [2, 0, 5]]
+  assert bs.ranked_tools(r, k=2) == [[3, 1], [2, 0]]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(2, 5), st.booleans(), st.integers(2, 30),
+       st.integers(1, 6))
+def test_property_only_valid_live_subset_tools(seed, length, k, variable, n, beam):
+  rng = np.random.default_rng(seed)
+  if variable:
+    codes = [list(s) for s in sorted({tuple(rng.integers(0, k, rng.integers(1, length + 1)).tolist())
+                                      for _ in range(n)})]
+  else:
+    codes = np.unique(rng.integers(0, k, (n, length)), axis=0)
+  trie = Trie.build(codes, end_token=(length * k) if variable else None,
+                    code_tokens=np.arange(length * k).reshape(length, k),
+                    dense_budget_bytes=int(rng.integers(0, 300)))
+  num = len(codes)
+  gone = rng.choice(num, size=int(rng.integers(0, num)), replace=False)
+  trie = trie.remove(gone)
+  mask = rng.random((2, num)) < 0.6
+  params = make_toy(seed % 1000, length * k + 1, scale=3.0)
+  res = run_toy(params, trie, [seed % 50, 3], beam, allowed=trie_lib.allowed_nodes(trie.device(), jnp.asarray(mask)))
+  ids, toks, scores = map(np.asarray, (res.tool_ids, res.tokens, res.scores))
+  for q in range(2):
+    valid = ids[q] >= 0
+    np.testing.assert_array_equal(trie.lookup(toks[q][valid]), ids[q][valid])  # spells exactly that tool
+    assert not np.isin(ids[q], gone).any()
+    assert mask[q, ids[q][valid]].all()
+    assert len(set(ids[q][valid].tolist())) == valid.sum()
+    reachable = len(set(np.nonzero(mask[q])[0]) - set(gone.tolist()))
+    assert valid.sum() == min(beam, reachable)  # B live beams always end in >= B distinct tools
+    assert np.all(np.diff(scores[q][valid]) <= 1e-6)

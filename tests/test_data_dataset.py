@@ -1,0 +1,125 @@
+"""ToolDataset save/load round trip and content hash, merge with id remapping, deterministic split_queries."""
+
+import collections
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from toolgen_jax.data import DataError, load_dataset, load_source, merge, split_queries
+from toolgen_jax.data.records import Query
+
+
+def instruction_file(path, recs):
+  path.write_text(json.dumps(recs), encoding="utf-8")
+  return path
+
+
+def api(tool, name, desc="d"):
+  return {"category_name": "C", "tool_name": tool, "api_name": name, "api_description": desc,
+          "required_parameters": [], "optional_parameters": [], "method": "GET", "template_response": {"a": "str"}}
+
+
+@pytest.fixture
+def small(tmp_path):
+  recs = [{"query_id": 1, "query": "q one", "api_list": [api("A", "x"), api("A", "y"), api("B", "z")],
+           "relevant APIs": [["A", "x"], ["B", "z"]]},
+          {"query_id": 2, "query": "q two", "api_list": [api("A", "y"), api("B", "z")],
+           "relevant APIs": [["A", "y"], ["B", "z"]]}]
+  return load_source("stabletoolbench", instruction_file(tmp_path / "G1_instruction.json", recs), log=False)
+
+
+def test_round_trip(small, tmp_path):
+  h = small.save(tmp_path / "saved")
+  back = load_dataset(tmp_path / "saved")
+  assert back.content_hash == h == small.content_hash
+  assert list(back.corpus) == list(small.corpus)
+  assert back.queries == small.queries
+  np.testing.assert_array_equal(back.cooccurrence.counts.toarray(), small.cooccurrence.counts.toarray())
+  assert back.report.issues == small.report.issues and back.source == "stabletoolbench"
+  manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())
+  assert manifest["num_tools"] == 3 and manifest["content_hash"] == h
+
+
+def test_round_trip_real_with_trajectories(shared_data, tmp_path):
+  ds = load_source("toolbench", shared_data / "ToolBench", log=False)
+  ds.save(tmp_path / "tb")
+  back = load_dataset(tmp_path / "tb")
+  assert back.trajectories == ds.trajectories and back.queries == ds.queries
+  assert [t.to_json() for t in back.corpus] == [t.to_json() for t in ds.corpus]
+  assert back.content_hash == ds.content_hash
+
+
+def test_hash_detects_edits_and_changes_with_content(small, tmp_path):
+  small.save(tmp_path / "s")
+  p = tmp_path / "s" / "queries.jsonl"
+  p.write_text(p.read_text().replace("q one", "q 1"))
+  with pytest.raises(DataError, match="content hash"):
+    load_dataset(tmp_path / "s")
+  assert load_dataset(tmp_path / "s", verify=False).queries[0].text == "q 1"
+  other = dataclasses.replace(small, queries=small.queries[:1])
+  assert other.content_hash != small.content_hash
+  with pytest.raises(DataError, match="manifest"):
+    load_dataset(tmp_path)
+
+
+def test_merge_remaps_ids_and_graphs(small, tmp_path):
+  recs = [{"query_id": 1, "query": "other", "api_list": [api("C", "w"), api("B", "z"), api("A", "x", "conflict")],
+           "relevant APIs": [["C", "w"], ["B", "z"]]}]
+  second = load_source("stabletoolbench", instruction_file(tmp_path / "G2_instruction.json", recs), log=False)
+  second.source = "second"
+  m = merge([small, second])
+  assert [t.key for t in m.corpus] == [("A", "x"), ("A", "y"), ("B", "z"), ("C", "w")]
+  assert m.report.issues["duplicate_tool_conflicting"] == 1 and m.corpus[0].description == "d"
+  assert m.report.issues["query_id_renamed"] == 1
+  q = {x.id: x for x in m.queries}["second:1"]
+  assert [m.corpus[t].key for t in q.relevant] == [("C", "w"), ("B", "z")]
+  assert [m.corpus[t].key for t in q.candidates] == [("C", "w"), ("B", "z"), ("A", "x")]
+  c = m.cooccurrence.counts.toarray()
+  assert c[0, 2] == 1 and c[1, 2] == 1 and c[3, 2] == 1 and (c == c.T).all()
+
+
+def test_split_queries_deterministic_and_stratified():
+  qs = [Query(id=f"{g}-{i}", text="t", relevant=(0,), group=g) for g in ("I1", "I2") for i in range(50)]
+  a = split_queries(qs, (0.6, 0.2, 0.2), seed=3)
+  b = split_queries(list(reversed(qs)), (0.6, 0.2, 0.2), seed=3)
+  assert {k: [q.id for q in v] for k, v in a.items()} == {k: [q.id for q in v] for k, v in b.items()}
+  assert {k: len(v) for k, v in a.items()} == {"train": 60, "dev": 20, "test": 20}
+  assert collections.Counter(q.group for q in a["test"]) == {"I1": 10, "I2": 10}
+  assert all(q.split == k for k, v in a.items() for q in v)
+  ids = [q.id for v in a.values() for q in v]
+  assert sorted(ids) == sorted(q.id for q in qs)
+  c = split_queries(qs, (0.6, 0.2, 0.2), seed=4)
+  assert [q.id for q in c["test"]] != [q.id for q in a["test"]]
+  d = split_queries(qs, (0.8, 0.2), seed=0, by_group=False, names=("train", "test"))
+  assert len(d["test"]) == 20
+  with pytest.raises(ValueError):
+    split_queries(qs, (0.5, 0.2, 0.2))
+
+
+def test_restrict_cuts_tools_queries_and_graph(small):
+  from toolgen_jax.data import restrict
+  r = restrict(small, max_tools=2)
+  assert len(r.corpus) == 2 and r.queries == []  # both queries need tool 2 ('B', 'z')
+  assert r.cooccurrence.counts.shape == (2, 2) and r.report.stats["restrict_dropped_queries"] == 2
+  r2 = restrict(small, max_queries=1)
+  assert [q.id for q in r2.queries] == ["1"] and len(r2.corpus) == 3
+
+
+def test_from_config_resplits_sources_without_train_and_test(tmp_path):
+  from toolgen_jax.config import base_config
+  from toolgen_jax.data import from_config
+  recs = [{"query_id": i, "query": f"q{i}", "api_list": [api("A", "x"), api("A", "y")],
+           "relevant APIs": [["A", "x"]]} for i in range(20)]
+  cfg = base_config()
+  cfg.data.source = "stabletoolbench"
+  cfg.data.path = str(instruction_file(tmp_path / "G1_instruction.json", recs))
+  cfg.data.test_fraction, cfg.data.dev_fraction, cfg.data.max_queries = 0.25, 0.25, 15
+  a = from_config(cfg.data, seed=1)
+  b = from_config(cfg.data, seed=1)
+  assert [(q.id, q.split) for q in a.queries] == [(q.id, q.split) for q in b.queries]
+  assert len(a.queries) == 15 and [q.id for q in a.queries] == [str(i) for i in range(15)]  # source order
+  full = split_queries(load_source("stabletoolbench", cfg.data.path, log=False).queries, (0.5, 0.25, 0.25), seed=1)
+  assert {k: len(v) for k, v in full.items()} == {"train": 10, "dev": 5, "test": 5}
+  assert {q.id: q.split for q in a.queries} == {q.id: q.split for v in full.values() for q in v if int(q.id) < 15}

@@ -1,0 +1,168 @@
+"""The model-backed policy (toolgen_jax/agent/model_policy.py) with a tiny Llama, a byte tokenizer and a 2-level trie:
+untrained, the trie keeps every action inside the allowed set; briefly trained on two episodes, it runs them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from toolgen_jax.agent import format as fmt
+from toolgen_jax.agent import loop
+from toolgen_jax.agent.executors import CallableExecutor
+from toolgen_jax.agent.model_policy import ModelPolicy
+from toolgen_jax.data.records import Message, Tool, ToolCorpus
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.models import llama
+
+EOS, PAD, CODE0 = 256, 257, 258  # bytes 0..255, then EOS, PAD, then 2 levels x 2 code tokens
+FINISH = 3
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+class ByteCodec:
+  eos_id, pad_id = EOS, PAD
+
+  def encode(self, text):
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids):
+    b = bytes(i for i in ids if i < 256)
+    codes = "".join(f"<c{i - CODE0}>" for i in ids if i >= CODE0)
+    return b.decode("utf-8", "replace") + codes
+
+  def chat_text(self, turns):
+    return "".join(f"|{t['role'][0]}|{t['content']}\n" for t in turns) + "|a|"
+
+
+class CodeAwareCodec(ByteCodec):
+  """Code tokens round-trip through text as <cN> markers (as added tokens do in a real tokenizer)."""
+
+  def encode(self, text):
+    out, i = [], 0
+    while i < len(text):
+      if text.startswith("<c", i) and text[i + 3:i + 4] == ">":
+        out.append(CODE0 + int(text[i + 2]))
+        i += 4
+      else:
+        out.extend(text[i].encode("utf-8"))
+        i += 1
+    return out
+
+
+CORPUS = ToolCorpus([Tool(0, "weather", "weather", description="weather in a city", parameters=CITY),
+                     Tool(0, "population", "population", description="people in a city", parameters=CITY),
+                     Tool(0, "time", "time", description="time", parameters={})])
+CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])  # tools 0, 1, 2 and Finish (id 3)
+
+
+def make_trie():
+  return trie_lib.Trie.build(CODES, np.arange(4), code_tokens=trie_lib.level_token_table(CODE0, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def config():
+  return llama.LlamaConfig.tiny(vocab_size=CODE0 + 4)
+
+
+def make_policy(params, config, **kw):
+  return ModelPolicy(params, config, CodeAwareCodec(), make_trie(), CORPUS, finish_id=FINISH, beam_size=4,
+                     think_max_tokens=24, arguments_max_tokens=12, system_prompt="agent", **kw)
+
+
+def test_untrained_model_can_only_produce_allowed_tools(config):
+  params = llama.init_params(config, jax.random.PRNGKey(0))
+  policy = make_policy(params, config)
+  history = (Message("user", "anything at all"),)
+  for cands, fin, allowed in [([1], True, {1, None}), ([0, 2], False, {0, 2}), (None, False, {0, 1, 2}),
+                              (None, True, {0, 1, 2, None}), ([2, 99, -1], True, {2, None})]:
+    ranked = policy.choose_tool(history, "t", cands, k=4, allow_finish=fin)
+    got = {c.tool for c in ranked}
+    assert got == allowed, (cands, fin, got)  # beam 4 >= allowed: all of them, nothing else
+    assert all(np.isfinite(c.score) for c in ranked)
+    assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+  # arguments built from the schema parse and validate even from random weights
+  text = policy.arguments(history, "t", CORPUS[0])
+  assert set(loop.schema_lib.check_arguments(text, CITY)) == {"city"}
+  fin = policy.arguments(history, "t", fmt.FINISH_TOOL)
+  assert loop.schema_lib.check_arguments(fin, fmt.FINISH_TOOL.parameters)["return_type"] in (
+      "give_answer", "give_up_and_restart")
+
+
+def test_score_continuations_matches_a_direct_forward(config):
+  params = llama.init_params(config, jax.random.PRNGKey(1))
+  policy = make_policy(params, config)
+  got = policy.score_continuations("ab", ["c", "de"])
+  for opt, g in zip(["c", "de"], got):
+    ids = jnp.asarray([list(("ab" + opt).encode())], jnp.int32)
+    logits, _ = llama.forward(params, config, ids)
+    logp = jax.nn.log_softmax(logits[0], -1)
+    ref = sum(float(logp[i - 1, int(ids[0, i])]) for i in range(2, ids.shape[1]))
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-4)
+
+
+EPISODES = [
+    ('weather in "Paris"', [("check weather", 0, '{"city": "Paris"}', '{"temp": 21}')], "21 degrees"),
+    ('people in "Oslo"', [("check people", 1, '{"city": "Oslo"}', '{"people": 7}'),
+                          ("and the time", 2, "{}", '{"time": "noon"}')], "7 at noon"),
+]
+
+
+def _train_sequences(policy):
+  """Token sequences of the two episodes in the agent format (what stage-2 training would feed)."""
+  seqs = []
+  for query, steps, answer in EPISODES:
+    msgs = [Message("user", query)]
+    for thought, tid, args, obs in steps:
+      msgs += [Message("assistant", thought=thought, action=tid, action_input=args), Message("observation", obs)]
+    msgs.append(Message("assistant", thought="done", action=None, action_name="Finish",
+                        action_input=fmt.finish_input(answer)))
+    turns = fmt.chat_turns(msgs, action_text=policy.action_text, tool_of=policy.tool_of, system_prompt="agent")
+    text = "".join(f"|{t['role'][0]}|{t['content']}" + ("\x00" if t["role"] == "assistant" else "") + "\n"
+                   for t in turns)
+    ids = policy.codec.encode(text)
+    seqs.append([EOS if i == 0 else i for i in ids])  # assistant turns end with EOS (the NUL marker above)
+  return seqs
+
+
+def test_briefly_trained_model_runs_its_episodes_to_finish(config):
+  params = llama.init_params(config, jax.random.PRNGKey(2))
+  policy = make_policy(params, config)
+  seqs = _train_sequences(policy)
+  t = max(map(len, seqs))
+  tokens = np.full((len(seqs), t), PAD, np.int32)
+  mask = np.zeros((len(seqs), t), np.float32)
+  for i, s in enumerate(seqs):
+    tokens[i, :len(s)], mask[i, :len(s)] = s, 1
+  tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, state):
+    def loss_fn(p):
+      logits, _ = llama.forward(p, config, tokens, attention_mask=mask.astype(jnp.int32))
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+      return (ce * mask[:, 1:]).sum() / mask[:, 1:].sum()
+    loss, g = jax.value_and_grad(loss_fn)(params)
+    upd, state = opt.update(g, state, params)
+    return optax.apply_updates(params, upd), state, loss
+
+  state = opt.init(params)
+  for _ in range(300):
+    params, state, loss = step(params, state)
+  assert float(loss) < 0.05, float(loss)
+  policy = make_policy(params, config)
+  calls = []
+  ex = CallableExecutor({"weather": lambda city: calls.append(("weather", city)) or {"temp": 21},
+                         "population": lambda city: calls.append(("population", city)) or {"people": 7},
+                         "time": lambda: calls.append(("time",)) or {"time": "noon"}})
+  ep = loop.run_episode('weather in "Paris"', policy, ex, CORPUS, max_steps=4)
+  assert calls == [("weather", "Paris")] and ep.finished and ep.final_answer == "21 degrees", loop.describe(ep.steps[0])
+  assert ep.steps[0].decision.thought == "check weather"
+  calls.clear()
+  ep = loop.run_episode('people in "Oslo"', policy, ex, CORPUS, max_steps=4)
+  assert calls == [("population", "Oslo"), ("time",)] and ep.final_answer == "7 at noon"
+  # GT-tools restriction overrides what the model prefers: weather is not offered, so it cannot be called
+  calls.clear()
+  ep = loop.run_episode('weather in "Paris"', policy, ex, CORPUS, candidates=[1, 2], max_steps=2)
+  assert all(c[0] != "weather" for c in calls)

@@ -1,0 +1,49 @@
+"""Report writers: JSON round trip, Markdown rows and values, PNG files."""
+
+import json
+
+import pytest
+
+from toolgen_jax.data.records import Query
+from toolgen_jax.evaluation import harness, report
+
+
+class Fixed:
+  def __init__(self, order):
+    self.order = order
+
+  def rank(self, queries, k, candidates):
+    return [[t for t in self.order if c is None or t in c][:k] for c in candidates]
+
+
+@pytest.fixture
+def sample_report():
+  qs = [Query("a", "x", (0,), group="I1", candidates=(0, 1)), Query("b", "y", (1,), group="I2", candidates=(0, 1)),
+        Query("c", "z", (2,), group="I2")]
+  methods = harness.evaluate_methods({"good": Fixed([0, 1, 2, 3]), "bad": Fixed([3, 2, 1, 0])}, qs)
+  return {"files": {"toy.json": {"path": "/tmp/toy.json", "n_queries": 3, "methods": methods}},
+          "perplexity": {"base": {"perplexity": 12.5, "n_scored": 99, "text": {"source": "pydoc", "python": "3"}}}}
+
+
+def test_write_report(tmp_path, sample_report):
+  paths = report.write_report(sample_report, tmp_path)
+  loaded = json.loads(paths["json"].read_text())
+  assert loaded["files"]["toy.json"]["methods"]["good"]["multi-domain"]["all"]["I1"]["ndcg@1"] == 1.0
+  md = paths["markdown"].read_text()
+  assert "### toy.json — multi-domain" in md and "### toy.json — in-domain" in md
+  # good ranks tool 0 first: I1 NDCG@1 = 100, I2 (tools 1, 2 at ranks 2, 3) = 0.
+  assert "| all | I1 | good | 1 | 100.00 |" in md
+  assert "| all | I2 | good | 2 | 0.00 |" in md
+  assert "| all | all | bad | 3 |" in md
+  assert "Skipped queries: {'in-domain/no_candidates': 1}" in md
+  assert "| base | 12.500 | 99 |" in md
+  assert len(paths["plots"]) == 2
+  for p in paths["plots"]:
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_group_order_puts_all_last(sample_report):
+  md = report.markdown_tables(sample_report)
+  lines = [l for l in md.splitlines() if l.startswith("| all |")]
+  groups = [l.split("|")[2].strip() for l in lines[:6]]
+  assert groups == ["I1", "I1", "I2", "I2", "all", "all"]

@@ -1,0 +1,156 @@
+"""Trajectory-replay evaluation: per-step tool-selection accuracy and argument validity of a policy.
+
+For every assistant step of a gold trajectory (ToolBench DFS answers, read by `load_source('toolbench', ...)`) the
+policy sees the gold history before that step (teacher forcing: earlier calls and their recorded observations) and
+  - chooses an action among the allowed tools: the trajectory's offered tools ("gt_tools", ToolGen's restricted
+    setting) or every tool it knows ("all"); scored top-1 (and recall@k) against the gold action, Finish included;
+  - writes the Action Input for the *gold* tool, scored for validity against the tool's schema (it parses, has the
+    required keys, right types and enum values) and for exact match with the gold arguments.
+The gold arguments' own validity is reported as the reference the policy's rate compares with. Steps whose gold
+action names no known tool (ToolBench hallucinated names) are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+from toolgen_jax.agent import format as fmt
+from toolgen_jax.agent import schema as schema_lib
+from toolgen_jax.agent.policy import Policy
+from toolgen_jax.data.records import Message, ToolCorpus, Trajectory
+
+
+@dataclasses.dataclass
+class _Counts:
+  steps: int = 0
+  correct: int = 0
+  in_top_k: int = 0
+  call_steps: int = 0
+  call_correct: int = 0
+  finish_steps: int = 0
+  finish_correct: int = 0
+  refused: int = 0  # the policy's top choice was outside the allowed set (the loop would refuse it)
+  args_steps: int = 0
+  args_valid: int = 0
+  args_exact: int = 0
+  gold_args_valid: int = 0
+
+  def summary(self) -> dict:
+    r = lambda a, b: round(a / b, 4) if b else None
+    return {"steps": self.steps, "tool_accuracy": r(self.correct, self.steps),
+            "recall_at_k": r(self.in_top_k, self.steps), "call_accuracy": r(self.call_correct, self.call_steps),
+            "finish_accuracy": r(self.finish_correct, self.finish_steps), "refused_rate": r(self.refused, self.steps),
+            "argument_steps": self.args_steps, "argument_validity": r(self.args_valid, self.args_steps),
+            "argument_exact_match": r(self.args_exact, self.args_steps),
+            "gold_argument_validity": r(self.gold_args_valid, self.args_steps)}
+
+
+def _group(traj: Trajectory) -> str:
+  return traj.id.split("/", 1)[0] if "/" in traj.id else "all"
+
+
+def _canonical(text: str | None, parameters) -> str | None:
+  try:
+    return json.dumps(schema_lib.check_arguments(text, parameters), sort_keys=True)
+  except schema_lib.ArgumentError:
+    return None
+
+
+def remap(trajectories: Iterable[Trajectory], source: ToolCorpus, target: ToolCorpus) -> tuple[list[Trajectory], int]:
+  """Re-expresses tool ids of `source` as ids of `target` by (tool_name, api_name); actions unknown to `target`
+  become unresolved (action None, name kept). Returns (trajectories, number of unresolved actions)."""
+  missing = 0
+  out = []
+  for t in trajectories:
+    msgs = []
+    for m in t.messages:
+      if m.role == "assistant" and m.action is not None:
+        new = target.get_id(*source[m.action].key)
+        missing += new is None
+        m = dataclasses.replace(m, action=new)
+      msgs.append(m)
+    tools = tuple(i for i in (target.get_id(*source[x].key) for x in t.tools) if i is not None)
+    out.append(dataclasses.replace(t, messages=tuple(msgs), tools=tools))
+  return out, missing
+
+
+def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCorpus, *, setting: str = "gt_tools",
+             k: int = 5, think: bool = False, arguments: bool = True) -> dict:
+  """Replays every assistant step. `think=False` teacher-forces the gold thought (ToolBench's are mostly empty);
+  True asks the policy for its own. Returns {'overall': ..., 'by_group': {...}, 'skipped_unresolved': n}."""
+  if setting not in ("gt_tools", "all"):
+    raise ValueError(f"setting must be gt_tools|all, got {setting!r}")
+  totals: dict[str, _Counts] = defaultdict(_Counts)
+  skipped = 0
+  for traj in trajectories:
+    candidates = list(traj.tools) if setting == "gt_tools" else None
+    allowed = None if candidates is None else set(candidates)
+    for i, m in enumerate(traj.messages):
+      if m.role != "assistant":
+        continue
+      is_finish = m.action is None and m.action_name == "Finish"
+      if m.action is None and not is_finish:
+        skipped += 1
+        continue
+      history: tuple[Message, ...] = traj.messages[:i]
+      thought = policy.think(history) if think else (m.thought or "")
+      ranked = policy.choose_tool(history, thought, candidates, k=k, allow_finish=True)
+      top = ranked[0].tool if ranked else -1
+      for c in (totals["overall"], totals[_group(traj)]):
+        c.steps += 1
+        c.correct += top == m.action
+        c.in_top_k += any(r.tool == m.action for r in ranked[:k])
+        c.refused += top is not None and (top < 0 or top >= len(corpus) or (allowed is not None and top not in allowed))
+        if is_finish:
+          c.finish_steps += 1
+          c.finish_correct += top is None
+        else:
+          c.call_steps += 1
+          c.call_correct += top == m.action
+      if arguments and not is_finish:
+        tool = corpus[m.action]
+        text = policy.arguments(history, thought, tool)
+        got, gold = _canonical(text, tool.parameters), _canonical(m.action_input, tool.parameters)
+        for c in (totals["overall"], totals[_group(traj)]):
+          c.args_steps += 1
+          c.args_valid += got is not None
+          c.args_exact += got is not None and got == gold
+          c.gold_args_valid += gold is not None
+  return {"setting": setting, "k": k, "overall": totals["overall"].summary(),
+          "by_group": {g: c.summary() for g, c in sorted(totals.items()) if g != "overall"},
+          "skipped_unresolved": skipped, "trajectories": len(trajectories)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description="Per-step tool accuracy / argument validity on ToolBench trajectories.")
+  ap.add_argument("--data", required=True, help="ToolBench data folder (e.g. ../shared/data/ToolBench/data_example)")
+  ap.add_argument("--workdir", default="lexical", help="a trained workdir, or 'lexical' for the model-free baseline")
+  ap.add_argument("--setting", default="gt_tools", choices=("gt_tools", "all"))
+  ap.add_argument("--k", type=int, default=5)
+  a = ap.parse_args(argv)
+  from toolgen_jax.data.readers import load_source
+  ds = load_source("toolbench", a.data, log=False)
+  trajs, corpus = ds.trajectories, ds.corpus
+  if a.workdir == "lexical":
+    from toolgen_jax.agent.policy import LexicalPolicy
+    policy, name, unresolved = LexicalPolicy(corpus, max_calls=100), "lexical", 0
+  else:
+    from toolgen_jax.agent.backend import load_backend
+    backend = load_backend(a.workdir)
+    trajs, unresolved = remap(trajs, corpus, backend.corpus)
+    policy, corpus, name = backend.policy, backend.corpus, backend.name
+  out = evaluate(policy, trajs, corpus, setting=a.setting, k=a.k)
+  out |= {"policy": name, "data": a.data, "actions_unknown_to_model": unresolved}
+  o = out["overall"]
+  print(f"{name} [{a.setting}] {o['steps']} steps: tool acc {o['tool_accuracy']}, recall@{a.k} {o['recall_at_k']}, "
+        f"argument validity {o['argument_validity']} (gold {o['gold_argument_validity']})", file=sys.stderr)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

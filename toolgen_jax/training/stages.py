@@ -1,0 +1,231 @@
+"""The alignment stages as training sets: records + codebook -> `Example`s (prompt segments, target segments).
+
+* memorization (ToolGen stage 1, "tool memorization"): user = the tool's document, assistant = its code tokens.
+* retrieval (ToolGen stage 2, "retrieval training"): user = the query, assistant = the code tokens of a relevant
+  tool. Several relevant tools (I2/I3): 'separate' makes one example per tool (ToolGen), 'joint' one example whose
+  target is every relevant tool's codes in the source's order (multi-tool generation).
+* trajectory (ToolGen stage 3, "end-to-end agent tuning"): a ToolBench trajectory rendered by the agent's own chat
+  format (`toolgen_jax.agent.format.chat_turns`: Thought / action code tokens / Action Input turns), so training and
+  inference prompts are byte-identical; the loss is on assistant turns only.
+* Toolscaler post-guided refinement: `post_guided_refinement` re-embeds the tools with the trained model,
+  re-quantises them, swaps in the new codebook (and token rows), and trains again, for T rounds.
+
+Every prompt is rendered with the tokenizer's chat template; the target is exactly what the template appends for the
+assistant turn after the generation prompt (content + end-of-turn), i.e. what the model must generate at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from toolgen_jax.data import documents as docs_lib
+from toolgen_jax.data.records import DataError, Message, Query, ToolCorpus, Trajectory
+from toolgen_jax.training.input_pipeline import Example
+
+STAGES = ("memorization", "retrieval", "trajectory")
+MULTI_TARGET = ("separate", "joint")
+
+
+# ---- codebook adapter ----------------------------------------------------------------------------------------
+
+def code_tokens(codebook: Any, tool_id: int) -> list[str]:
+  """The code token strings of a tool: a mapping tool id -> token strings, or a `Codebook` (its `token_strings`
+  / `tokens_of` method, else its `codes` [N, L] array written as `<T{level}_{code}>`)."""
+  if isinstance(codebook, Mapping):
+    if tool_id not in codebook:
+      raise KeyError(f"tool {tool_id} has no code in the codebook ({len(codebook)} entries)")
+    return list(codebook[tool_id])
+  for name in ("token_strings", "tokens_of", "tool_tokens"):
+    fn = getattr(codebook, name, None)
+    if callable(fn):
+      out = fn(tool_id)
+      return [out] if isinstance(out, str) else list(out)
+  codes = np.asarray(codebook.codes)
+  if not 0 <= tool_id < codes.shape[0]:
+    raise KeyError(f"tool {tool_id} outside the codebook's {codes.shape[0]} rows")
+  return [f"<T{level}_{int(c)}>" for level, c in enumerate(codes[tool_id]) if c >= 0]
+
+
+def code_text(codebook: Any, tool_id: int) -> str:
+  return "".join(code_tokens(codebook, tool_id))
+
+
+# ---- chat rendering ------------------------------------------------------------------------------------------
+
+def _template(tokenizer: Any, turns: Sequence[Mapping[str, str]], generation_prompt: bool) -> str:
+  fn = getattr(tokenizer, "apply_chat_template", None)
+  if fn is None:
+    raise TypeError(f"{type(tokenizer).__name__} has no apply_chat_template; stages need a chat tokenizer")
+  if not turns:
+    return ""
+  return fn(list(turns), tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], example_id: str,
+                target_roles: Iterable[str] = ("assistant",)) -> Example:
+  """Splits the templated chat into segments; each target-role turn's own text (after its generation prompt) is a
+  target segment. Raises if the template does not render prefixes as prefixes (then masks would be wrong)."""
+  target_roles = set(target_roles)
+  segments: list[tuple[str, bool]] = []
+  prev = ""
+  for i, turn in enumerate(turns):
+    full = _template(tokenizer, turns[:i + 1], False)
+    if turn["role"] in target_roles:
+      head = _template(tokenizer, turns[:i], True) if i else ""
+      if not (head.startswith(prev) and full.startswith(head)):
+        raise ValueError(f"example {example_id}: the chat template does not extend turn {i} as a prefix; "
+                         "cannot mark the assistant tokens")
+      segments += [(head[len(prev):], False), (full[len(head):], True)]
+    else:
+      if not full.startswith(prev):
+        raise ValueError(f"example {example_id}: the chat template rewrites earlier turns at turn {i}")
+      segments.append((full[len(prev):], False))
+    prev = full
+  merged: list[tuple[str, bool]] = []
+  for text, t in segments:  # runs of equal flags are tokenised as one string, as the inference prompt is
+    if not text:
+      continue
+    if merged and merged[-1][1] == t:
+      merged[-1] = (merged[-1][0] + text, t)
+    else:
+      merged.append((text, t))
+  return Example(id=example_id, segments=tuple(merged))
+
+
+# ---- stages ----------------------------------------------------------------------------------------------------
+
+def memorization_examples(corpus: ToolCorpus, codebook: Any, tokenizer: Any, *,
+                          template: str = docs_lib.DEFAULT_TEMPLATE, max_chars: int = docs_lib.DEFAULT_MAX_CHARS,
+                          tool_ids: Sequence[int] | None = None) -> list[Example]:
+  """One example per tool: document -> code tokens (ToolGen 'tool memorization')."""
+  ids = range(len(corpus)) if tool_ids is None else tool_ids
+  out = []
+  for tid in ids:
+    doc = docs_lib.tool_document(corpus[tid], template, max_chars)
+    turns = [{"role": "user", "content": doc}, {"role": "assistant", "content": code_text(codebook, tid)}]
+    out.append(render_chat(tokenizer, turns, f"memorization/{tid}"))
+  return out
+
+
+def retrieval_examples(queries: Sequence[Query], codebook: Any, tokenizer: Any, *,
+                       multi_target: str = "separate") -> list[Example]:
+  """Query -> code tokens of its relevant tool(s); queries without a relevant tool raise (naming the query)."""
+  if multi_target not in MULTI_TARGET:
+    raise ValueError(f"config.train.multi_target must be one of {MULTI_TARGET}, got {multi_target!r}")
+  out = []
+  for q in queries:
+    if not q.relevant:
+      raise DataError("queries", q.id, "relevant", "a retrieval example needs at least one relevant tool")
+    if multi_target == "joint":
+      targets = [("all", "".join(code_text(codebook, t) for t in q.relevant))]
+    else:
+      targets = [(str(t), code_text(codebook, t)) for t in q.relevant]
+    for name, target in targets:
+      turns = [{"role": "user", "content": q.text}, {"role": "assistant", "content": target}]
+      out.append(render_chat(tokenizer, turns, f"retrieval/{q.id}/{name}"))
+  return out
+
+
+def trajectory_examples(trajectories: Sequence[Trajectory], corpus: ToolCorpus, codebook: Any, tokenizer: Any, *,
+                        finish_id: int | None = None, system_prompt: str | None = None) -> list[Example]:
+  """Agent tuning: each trajectory in the agent's chat format; loss on every assistant turn (thought, action code,
+  action input). `finish_id`: the codebook row of the Finish action (required when a trajectory finishes)."""
+  from toolgen_jax.agent import format as fmt  # the agent's format is the single definition of the turns
+
+  def action_text(m: Message) -> str:
+    if m.action is None:
+      if finish_id is None:
+        raise DataError("trajectories", m.action_name, "action",
+                        "a Finish / refused action needs finish_id (the Finish action's codebook row)")
+      return code_text(codebook, finish_id)
+    return code_text(codebook, m.action)
+
+  def tool_of(m: Message):
+    return fmt.FINISH_TOOL if m.action is None else corpus[m.action]
+
+  kw = {} if system_prompt is None else {"system_prompt": system_prompt}
+  out = []
+  for tr in trajectories:
+    turns = fmt.chat_turns(tr.messages, action_text=action_text, tool_of=tool_of, **kw)
+    out.append(render_chat(tokenizer, turns, f"trajectory/{tr.id}"))
+  return out
+
+
+def stage_examples(stage: str, *, corpus: ToolCorpus, queries: Sequence[Query] = (),
+                   trajectories: Sequence[Trajectory] = (), codebook: Any, tokenizer: Any,
+                   train_config: Mapping[str, Any] | None = None, data_config: Mapping[str, Any] | None = None,
+                   finish_id: int | None = None) -> list[Example]:
+  """Config-driven dispatch: `config.train.stages` names run in order, each built by this function."""
+  tc = train_config or {}
+  dc = data_config or {}
+  if stage == "memorization":
+    return memorization_examples(corpus, codebook, tokenizer, template=dc.get("doc_template",
+                                                                               docs_lib.DEFAULT_TEMPLATE),
+                                 max_chars=dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS))
+  if stage == "retrieval":
+    return retrieval_examples(queries, codebook, tokenizer, multi_target=tc.get("multi_target", "separate"))
+  if stage == "trajectory":
+    return trajectory_examples(trajectories, corpus, codebook, tokenizer, finish_id=finish_id)
+  raise ValueError(f"unknown stage {stage!r}; config.train.stages may contain {STAGES}")
+
+
+# ---- Toolscaler post-guided refinement -------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RefinementRound:
+  round: int
+  changed_tools: int      # tools whose code changed in this round
+  metrics: dict
+
+
+def post_guided_refinement(params: Any, codebook: Any, *, rounds: int,
+                           train: Callable[[Any, Any, int], tuple[Any, dict]],
+                           embed_tools: Callable[[Any], np.ndarray],
+                           quantize: Callable[[np.ndarray, Any], Any],
+                           swap_tokens: Callable[[Any, Any, Any], Any] | None = None,
+                           ) -> tuple[Any, Any, list[RefinementRound]]:
+  """Toolscaler's loop, T = `rounds` times: re-embed every tool with the trained model (`embed_tools(params)` ->
+  [N, D]), re-quantise (`quantize(embeddings, old_codebook)` -> new codebook), swap the new codebook in
+  (`swap_tokens(params, old, new)` updates token rows, default: keep the rows, since the code tokens are the same
+  vocabulary and only the tool -> code assignment moves), then train again (`train(params, codebook, round)` ->
+  (params, metrics)). The hooks are the codebook and model parts' functions; the loop itself owns no numerics.
+  """
+  history = []
+  for r in range(rounds):
+    emb = np.asarray(embed_tools(params))
+    new = quantize(emb, codebook)
+    old_codes = np.asarray(getattr(codebook, "codes", np.zeros((0,))))
+    new_codes = np.asarray(getattr(new, "codes", np.zeros((0,))))
+    changed = int(np.any(old_codes != new_codes, axis=-1).sum()) if old_codes.shape == new_codes.shape and \
+        old_codes.ndim == 2 else -1
+    if swap_tokens is not None:
+      params = swap_tokens(params, codebook, new)
+    codebook = new
+    params, metrics = train(params, codebook, r)
+    history.append(RefinementRound(round=r, changed_tools=changed, metrics=dict(metrics)))
+  return params, codebook, history
+
+
+def mean_hidden_embeddings(params: Any, config: Any, token_batches: Iterable[tuple[np.ndarray, np.ndarray]]
+                           ) -> np.ndarray:
+  """Tool embeddings from the trained LLM: masked mean of final hidden states over each document's tokens.
+
+  token_batches yields (tokens [B, T] int32, mask [B, T]); returns [N, D] float32 (L2-normalised rows).
+  A ready-made `embed_tools` for `post_guided_refinement`.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from toolgen_jax.models import llama
+
+  @jax.jit
+  def pooled(p, tokens, mask):
+    h, _ = llama.hidden_states(p, config, tokens, attention_mask=mask)
+    m = mask.astype(jnp.float32)[..., None]
+    v = jnp.sum(h.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+
+  return np.concatenate([np.asarray(pooled(params, jnp.asarray(t), jnp.asarray(m))) for t, m in token_batches])
