@@ -57,3 +57,18 @@ def greedy_ours(params, config, prompt: np.ndarray, steps: int) -> np.ndarray:
     logits, cache = step(params, tok, cache)
     tok = jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)
   return np.array(out)
+
+
+@functools.lru_cache(maxsize=None)
+def smollm2_tokenizer_hf_direct():
+  """transformers' tokenizer built straight from the GGUF (no cache): the reference for our cached one."""
+  import transformers
+  from toolgen_jax import assets
+  p = assets.smollm2_gguf()
+  return transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+
+
+def smollm2_tokenizer():
+  """A fresh Tokenizer each call (add_tokens mutates it); fast after the first build thanks to the cache."""
+  from toolgen_jax.models.tokenizer import load_tokenizer
+  return load_tokenizer("smollm2")

@@ -59,6 +59,10 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded: names the file and the tensor."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+  """A checkpoint file or directory (or a file it needs) does not exist."""
+
+
 # ---- layout conversion ------------------------------------------------------------------------------------------
 
 def hf_to_ours(kind: str, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -200,7 +204,7 @@ def load_safetensors_dir(path: str | os.PathLike, **config_overrides) -> tuple[L
   d = pathlib.Path(path)
   cfg_file = d / "config.json"
   if not cfg_file.exists():
-    raise CheckpointError(f"{cfg_file}: missing (an HF checkpoint directory needs config.json + *.safetensors)")
+    raise CheckpointNotFoundError(f"{cfg_file}: missing (an HF checkpoint directory needs config.json + *.safetensors)")
   config = LlamaConfig.from_hf_config(json.loads(cfg_file.read_text()), **config_overrides)
   index = d / "model.safetensors.index.json"
   if index.exists():
@@ -208,7 +212,7 @@ def load_safetensors_dir(path: str | os.PathLike, **config_overrides) -> tuple[L
     shards = [d / f for f in files]
     for s in shards:
       if not s.exists():
-        raise CheckpointError(f"{s}: shard listed in {index.name} is missing")
+        raise CheckpointNotFoundError(f"{s}: shard listed in {index.name} is missing")
   else:
     shards = sorted(d.glob("*.safetensors"))
   if not shards:
@@ -269,7 +273,7 @@ def load_gguf(path: str | os.PathLike, **config_overrides) -> tuple[LlamaConfig,
 
   path = pathlib.Path(path)
   if not path.exists():
-    raise CheckpointError(f"{path}: GGUF file not found")
+    raise CheckpointNotFoundError(f"{path}: GGUF file not found")
   reader = gguf.GGUFReader(str(path))
   config = gguf_config(reader, str(path), **config_overrides)
   permute = config.architecture == "llama"
@@ -307,7 +311,7 @@ def resolve(spec: str | os.PathLike) -> pathlib.Path:
     return assets.smollm2_gguf()
   p = pathlib.Path(spec).expanduser()
   if not p.exists():
-    raise CheckpointError(f"{p}: checkpoint not found (expected 'smollm2', a .gguf file or an HF directory with "
+    raise CheckpointNotFoundError(f"{p}: checkpoint not found (expected 'smollm2', a .gguf file or an HF directory with "
                           "config.json + *.safetensors)")
   return p
 

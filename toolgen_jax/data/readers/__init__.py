@@ -20,6 +20,7 @@ READERS: dict[str, Callable[..., ToolDataset]] = {
     "beir": beir.read,
     "gorilla": gorilla.read,
     "toolgen_names": toolgen_names.read,
+    "real_protocol": lambda path, **opts: _real_protocol(path, **opts),
 }
 DEFAULT_PATHS = {"bfcl": None}  # sources with an embedded default (None = the reader's own default)
 
@@ -36,6 +37,13 @@ def load_source(source: str, path: str | pathlib.Path | None = None, **opts: Any
       raise ValueError(f"source {source!r} has no embedded default: give a path (file or folder)")
     return READERS[source](DEFAULT_PATHS[source], **opts)
   return READERS[source](path, **opts)
+
+
+def _real_protocol(path, seed: int = 0, log: bool = True) -> ToolDataset:
+  """The documented real-data protocol over a shared-data folder (ToolLens + StableToolBench + Gorilla)."""
+  del log
+  from toolgen_jax.data import protocol  # local: protocol imports this module
+  return protocol.load_real_protocol(path, seed=seed)
 
 
 TRAIN_SPLITS = ("train",)

@@ -1,0 +1,108 @@
+"""`python -m toolgen_jax.evaluate`: format detection, pooled corpus, report structure, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from toolgen_jax import evaluate
+from toolgen_jax.data.records import Query
+
+TOPICS = {"Weather": ["forecast", "rain radar", "temperature"], "Finance": ["stock quote", "currency exchange"],
+          "Food": ["recipe search", "nutrition facts"]}
+
+
+def _api(cat, tool, api):
+  return {"category_name": cat, "tool_name": tool, "api_name": api, "api_description": f"{api} for {tool} {cat}",
+          "required_parameters": [], "optional_parameters": [], "method": "GET"}
+
+
+def _write_stb(path, queries):
+  recs = []
+  for i, (text, rel, pool) in enumerate(queries):
+    recs.append({"query": text, "query_id": i + 1, "api_list": [_api(*k) for k in pool],
+                 "relevant APIs": [[k[1], k[2]] for k in rel]})
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(recs))
+
+
+@pytest.fixture
+def files(tmp_path):
+  w = [("Weather", "SkyTool", a) for a in TOPICS["Weather"]]
+  f = [("Finance", "MoneyTool", a) for a in TOPICS["Finance"]]
+  food = [("Food", "ChefTool", a) for a in TOPICS["Food"]]
+  _write_stb(tmp_path / "a" / "G1_instruction.json", [
+      ("what is the temperature forecast tomorrow", [w[0], w[2]], w),
+      ("give me a stock quote for ACME", [f[0]], f + w[:1])])
+  _write_stb(tmp_path / "b" / "G2_instruction.json", [("find a recipe search and nutrition facts", food, food + f)])
+  # Tools only (an unseen-tool file): queries are ignored, its tools join the corpus.
+  _write_stb(tmp_path / "c" / "G3_instruction.json", [("x", [("Music", "TuneTool", "lyrics")],
+                                                      [("Music", "TuneTool", "lyrics"), ("Music", "TuneTool", "charts")])])
+  return tmp_path
+
+
+def test_detect_source(files, tmp_path):
+  assert evaluate.detect_source(files / "a") == "stabletoolbench"
+  assert evaluate.detect_source(files / "a" / "G1_instruction.json") == "stabletoolbench"
+  (tmp_path / "beir").mkdir()
+  (tmp_path / "beir" / "corpus.jsonl").write_text("")
+  assert evaluate.detect_source(tmp_path / "beir") == "beir"
+  (tmp_path / "odd.txt").write_text("hello")
+  with pytest.raises(ValueError, match="SOURCE:PATH"):
+    evaluate.detect_source(tmp_path / "odd.txt")
+
+
+def test_select_split():
+  qs = [Query("1", "a", (0,), split="train"), Query("2", "b", (0,), split="test")]
+  assert [q.id for q in evaluate.select_split(qs, "auto", "f")] == ["2"]
+  assert len(evaluate.select_split(qs, "", "f")) == 2
+  with pytest.raises(ValueError, match="splits present"):
+    evaluate.select_split(qs, "dev", "f")
+
+
+def test_run_bm25_report(files, tmp_path):
+  rep = evaluate.run(str(tmp_path / "wd"), [str(files / "a"), f"stabletoolbench:{files / 'b'}"],
+                     add_tools_from=[str(files / "c")], methods=["bm25"])
+  assert rep["meta"]["num_tools"] == 3 + 2 + 2 + 2  # weather, finance, food, music: pooled, deduplicated
+  assert set(rep["files"]) == {"stabletoolbench:a", "stabletoolbench:b"}
+  a = rep["files"]["stabletoolbench:a"]["methods"]["bm25"]
+  assert set(a) >= {"multi-domain", "in-domain", "skipped"}
+  cell = a["multi-domain"]["test"]["I1"]
+  assert {"ndcg@1", "ndcg@3", "ndcg@5", "recall@5", "n"} <= set(cell) and cell["n"] == 2
+  assert cell["ndcg@1"] == 1.0  # the words match: BM25 gets both queries' first tool right
+  b = rep["files"]["stabletoolbench:b"]["methods"]["bm25"]["in-domain"]["all"]["I2"]
+  assert b["recall@5"] == 1.0
+  saved = json.loads((tmp_path / "wd" / "evaluate" / "report.json").read_text())
+  assert saved["files"]["stabletoolbench:a"]["methods"]["bm25"]["multi-domain"]["test"]["I1"]["ndcg@1"] == 1.0
+  assert (tmp_path / "wd" / "evaluate" / "report.md").read_text().count("| bm25 |") >= 4
+  assert list((tmp_path / "wd" / "evaluate" / "plots").glob("*.png"))
+
+
+def test_run_embedding_with_injected_encoder(files, tmp_path, monkeypatch):
+  from toolgen_jax.codebook import embed
+
+  def fake(texts, *a, **k):  # bag of letters: deterministic, no weights needed
+    return np.array([[t.lower().count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32) + 1e-3
+
+  monkeypatch.setattr(embed, "load_encoder", lambda *a, **k: None)
+  monkeypatch.setattr(embed, "cached_encode", lambda texts, workdir, enc, **k: fake(texts))
+  monkeypatch.setattr(embed, "encode_texts", fake)
+  rep = evaluate.run(str(tmp_path / "wd"), [str(files / "a")], methods=["bm25", "embedding"],
+                     settings=("multi-domain",))
+  res = rep["files"]["stabletoolbench:a"]["methods"]
+  assert set(res) == {"bm25", "embedding"} and "in-domain" not in res["embedding"]
+  assert 0.0 <= res["embedding"]["multi-domain"]["all"]["all"]["ndcg@5"] <= 1.0
+
+
+def test_cli_errors(files, tmp_path):
+  cmd = [sys.executable, "-m", "toolgen_jax.evaluate", f"--workdir={tmp_path / 'wd'}", f"--queries={files / 'a'}"]
+  out = subprocess.run(cmd + ["--methods=model"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "has no trained model" in out.stderr
+  out = subprocess.run(cmd[:-1] + [f"--queries={tmp_path / 'missing.json'}", "--methods=bm25"], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2 and "missing.json" in out.stderr and "no such file" in out.stderr
+  out = subprocess.run(cmd + ["--methods=bm25", "--setting=in-domain"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "— in-domain" in out.stdout and "— multi-domain" not in out.stdout
