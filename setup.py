@@ -33,6 +33,7 @@ EXTRAS = {
     "cuda12": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
     "grain": ["grain>=0.2"],
+    "stem": ["PyStemmer>=2.2"],  # optional Snowball stemming for the BM25 baseline (evaluation/bm25.py stemmer=)
 }
 
 setup(

@@ -13,8 +13,10 @@ Variants, to find what a published number depends on:
   doc     config   = toolgen_jax.data.documents with the base config template (what our pipeline indexes)
           toolgen  = ToolGen's eval_bm25 document: "category, tool, api, description, required_params: <json>,
                      optional_params: <json>, return_schema: <json>" rebuilt from the raw source records
-          json     = (BFCL) json.dumps of name, description, parameters
-  bm25    lucene | robertson IDF (bm25s), analyzer words (\\w\\w+, stop words) | nltk (ToolGen-like: punctuation kept)
+          json     = (BFCL) json.dumps of name, description, parameters (our JSON-schema form)
+          raw      = (BFCL) json.dumps of the function doc exactly as in the BFCL files
+  bm25    lucene | robertson IDF (bm25s), analyzer words (\\w\\w+, stop words) | nltk (ToolGen-like: punctuation kept),
+          and words + Snowball stemming (needs PyStemmer; skipped without it)
   corpus  (StableToolBench) stb1417 = the 1,417 unique APIs of our 3 instruction files;
           proxy2500 = those + 1,083 real ToolBench APIs drawn (seed 0) from COLT's ToolBench-G3 corpus as stand-ins
           for the APIs of the StableToolBench files our snapshot lacks (G1_tool, G1_category, G2_category).
@@ -69,6 +71,26 @@ def raw_stb_docs(stb_dir: pathlib.Path) -> dict[tuple[str, str], str]:
   return out
 
 
+def raw_bfcl_docs(bf) -> list[str]:
+  """json.dumps of each tool's function doc exactly as in the BFCL files (a query's `function` list is aligned with
+  its `candidates`, which the reader builds in the same order)."""
+  from toolgen_jax.data.readers.bfcl import SINGLE_TURN
+
+  by_id = {q.id: q for q in bf.queries}
+  docs: dict[int, str] = {}
+  root = assets.bfcl_data_dir()
+  for cat in SINGLE_TURN:
+    for line in (root / f"BFCL_v4_{cat}.json").open():
+      rec = json.loads(line)
+      q = by_id.get(rec["id"])
+      if q is not None and len(q.candidates) == len(rec["function"]):
+        for fn, tid in zip(rec["function"], q.candidates):
+          docs.setdefault(tid, json.dumps(fn))
+  if len(docs) != len(bf.corpus):
+    raise RuntimeError(f"raw BFCL docs found for {len(docs)} of {len(bf.corpus)} tools")
+  return [docs[i] for i in range(len(bf.corpus))]
+
+
 def colt_toolgen_doc(text: str) -> str:
   p = parse_colt_text(text)
   if p is None:
@@ -109,7 +131,8 @@ def load_all(data: pathlib.Path, cfg) -> dict:
   out["bfcl"] = dict(queries=bf.queries, names=[t.api_name for t in bf.corpus], docs={
       "config": documents_from_config(bf.corpus, cfg.data),
       "json": [json.dumps({"name": t.api_name, "description": t.description, "parameters": dict(t.parameters)})
-               for t in bf.corpus]})
+               for t in bf.corpus],
+      "raw": raw_bfcl_docs(bf)})
   return out
 
 
@@ -151,6 +174,11 @@ def main(argv=None) -> int:
     print("real data not found: set TOOLGEN_DATA or pass --data", file=sys.stderr)
     return 2
   methods = a.methods.split(",")
+  try:
+    import Stemmer  # noqa: F401  (PyStemmer: the stemming rows are skipped without it)
+    stemmer_available = True
+  except ImportError:
+    stemmer_available = False
   cfg = config_lib.base_config()
   t0 = time.time()
   sets = load_all(data, cfg)
@@ -166,15 +194,18 @@ def main(argv=None) -> int:
     for name, s in sets.items():
       dataset, _, corpus = name.partition("/")
       for doc_kind, docs in s["docs"].items():
-        for bm_method in ("lucene", "robertson"):
-          for analyzer in ("words", "nltk"):
-            r = BM25Retriever(docs, method=bm_method, analyzer=analyzer)
-            add(dataset, corpus or dataset, "bm25", f"doc={doc_kind} idf={bm_method} analyzer={analyzer}", r,
-                s["queries"], len(docs))
-            if dataset == "bfcl" and bm_method == "lucene" and analyzer == "words":
-              by_name = ByName(r, s["names"])
-              add(dataset, "by-name", "bm25", f"doc={doc_kind} idf={bm_method} analyzer={analyzer}", by_name,
-                  by_name.name_queries(s["queries"]), len(docs))
+        for bm_method, analyzer, stem in [("lucene", "words", None), ("lucene", "nltk", None),
+                                          ("robertson", "words", None), ("robertson", "nltk", None),
+                                          ("lucene", "words", "english")]:
+          if stem and not stemmer_available:
+            continue
+          r = BM25Retriever(docs, method=bm_method, analyzer=analyzer, stemmer=stem)
+          add(dataset, corpus or dataset, "bm25", f"doc={doc_kind} idf={bm_method} analyzer={analyzer}"
+              + (f" stem={stem}" if stem else ""), r, s["queries"], len(docs))
+          if dataset == "bfcl" and bm_method == "lucene" and analyzer == "words" and not stem:
+            by_name = ByName(r, s["names"])
+            add(dataset, "by-name", "bm25", f"doc={doc_kind} idf={bm_method} analyzer={analyzer}", by_name,
+                by_name.name_queries(s["queries"]), len(docs))
   if "embedding" in methods:
     from toolgen_jax.codebook import embed
     from toolgen_jax.evaluation.embedding import EmbeddingRetriever

@@ -15,12 +15,40 @@ def smollm2_ours():
 
 @functools.lru_cache(maxsize=None)
 def smollm2_torch():
-  """transformers' own GGUF loader (its dequantisation and q/k un-permutation): the parity reference."""
+  """transformers' own GGUF loader (its dequantisation and q/k un-permutation): the parity reference.
+
+  Dequantising in transformers takes ~20 s, so its state dict is cached as safetensors under $TOOLGEN_CACHE
+  (keyed by the GGUF's size and mtime); later runs rebuild the same model from that file.
+  """
+  import hashlib
+  import os
+  import pathlib
   import torch
   import transformers
+  from safetensors.torch import load_file, save_file
   from toolgen_jax import assets
   p = assets.smollm2_gguf()
+  st = p.stat()
+  key = hashlib.sha1(f"{p}|{st.st_size}|{int(st.st_mtime)}|{transformers.__version__}".encode()).hexdigest()[:16]
+  cache = pathlib.Path(os.environ.get("TOOLGEN_CACHE", pathlib.Path.home() / ".cache" / "toolgen_jax")) / "ref"
+  f = cache / f"smollm2_transformers_{key}.safetensors"
+  cfg = cache / f"smollm2_transformers_{key}.json"
+  if f.exists() and cfg.exists():
+    hf = transformers.AutoConfig.from_pretrained(str(cfg))
+    hf._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
+    model.load_state_dict(load_file(str(f)), strict=False)
+    model.tie_weights()
+    return model.eval()
   model = transformers.AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+  try:
+    cache.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(f) + ".tmp")
+    os.replace(str(f) + ".tmp", f)
+    model.config.to_json_file(str(cfg))
+  except OSError:
+    pass
   return model.eval()
 
 

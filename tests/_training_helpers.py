@@ -67,3 +67,66 @@ def toy_codebook(num_tools: int, levels: int = 2, size: int = 8, seed: int = 0) 
         break
     out[t] = [f"<T{l}_{c}>" for l, c in enumerate(codes)]
   return out
+
+
+def toy_examples(n: int = 32, seed: int = 0):
+  """Synthetic prompt -> code examples (no data files needed)."""
+  import numpy as np
+  from toolgen_jax.training.input_pipeline import Example
+  rng = np.random.default_rng(seed)
+  cb = toy_codebook(n, 2, 8, seed)
+  return [Example(id=str(i), segments=(
+      (f"<|im_start|>user\ntool {i} does {'abcdefgh'[i % 8] * int(rng.integers(1, 6))}<|im_end|>\n"
+       "<|im_start|>assistant\n", False), ("".join(cb[i]) + "<|im_end|>\n", True))) for i in range(n)]
+
+
+def toy_run(workdir: str, steps: int = 12, *, sleep: float = 0.0, checkpoint_every: int = 4, nan_at: int = -1,
+            grad_accum: int = 1, async_checkpoint: bool = True, eval_fn=None, with_dev: bool = False,
+            **train_overrides):
+  """A tiny deterministic training run through `train.fit` (used in-process and as a killable subprocess)."""
+  import time
+
+  import jax
+  import numpy as np
+
+  from toolgen_jax import config as config_lib
+  from toolgen_jax.models import llama
+  from toolgen_jax.training import input_pipeline as ip
+  from toolgen_jax.training import sharding as shd
+  from toolgen_jax.training import train
+
+  tok = ByteChatTokenizer(code_tokens(2, 8))
+  c = config_lib.base_config()
+  c.train.steps, c.train.learning_rate, c.train.warmup_fraction = steps, 3e-3, 0.1
+  c.train.log_every, c.train.checkpoint_every, c.train.keep_checkpoints = 1, checkpoint_every, 2
+  c.train.progress_bar, c.train.async_checkpoint, c.train.grad_accum = False, async_checkpoint, grad_accum
+  for k, v in train_overrides.items():
+    setattr(c.train, k, v)
+  mc = llama.LlamaConfig.tiny(vocab_size=tok.vocab_size)
+
+  class Pipe(ip.InputPipeline):
+    def batch(self, step, drop_wrapped=False):
+      if sleep:
+        time.sleep(sleep)
+      b = super().batch(step, drop_wrapped)
+      if step == nan_at:
+        b["weights"] = b["weights"] * np.nan
+      return b
+
+  pipe = Pipe(toy_examples(32), tok, batch_size=8, seq_len=48, seed=0)
+  res = train.fit(model_config=mc, params=llama.init_params(mc, jax.random.PRNGKey(0)), train_config=c.train,
+                  mesh=shd.make_mesh(c.mesh, jax.devices()[:1]), rules=c.mesh.logical_axis_rules, pipeline=pipe,
+                  workdir=workdir, stage="toy", extras={"config": c.to_dict(), "codebook": toy_codebook(32, 2, 8)},
+                  eval_fn=eval_fn, dev_pipeline=ip.InputPipeline(toy_examples(12, 1), tok, batch_size=8, seq_len=48)
+                  if with_dev else None)
+  return res
+
+
+if __name__ == "__main__":
+  import sys
+
+  import jax
+  import numpy as np
+  res = toy_run(sys.argv[1], sleep=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(res.state.params))[0]
+  np.savez(sys.argv[1] + "/final_params.npz", **{"/".join(str(k.key) for k in p): np.asarray(x) for p, x in flat})

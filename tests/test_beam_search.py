@@ -104,6 +104,18 @@ def test_wide_beam_equals_exhaustive_fixed_length(budget):
     np.testing.assert_array_equal(trie.lookup(np.asarray(res.tokens[q])), ids)
 
 
+def test_atomic_codes_are_top_k_of_tool_tokens():
+  """ToolGen's atomic baseline: one new token per tool (1 level, K = N); the beam is the top-B tool tokens."""
+  n, first = 30, 4
+  trie = Trie.build(np.arange(n)[:, None], code_tokens=trie_lib.level_token_table(first, 1, n))
+  params = make_toy(4, first + n)
+  res = run_toy(params, trie, [0, 1], beam=7)
+  for q in range(2):
+    lp = lsm(np.asarray(params["table"][q]))[first:]
+    np.testing.assert_array_equal(np.asarray(res.tool_ids[q]), np.argsort(-lp)[:7])
+    np.testing.assert_allclose(np.asarray(res.scores[q]), np.sort(lp)[::-1][:7], atol=1e-5)
+
+
 def test_narrow_beam_equals_numpy_beam_search():
   rng = np.random.default_rng(5)
   k, length = 6, 3
@@ -172,16 +184,17 @@ def test_free_text_beam_equals_exhaustive_and_greedy():
         for i, j in enumerate(order):
           want[i, :len(hyps[j])] = hyps[j]
         np.testing.assert_array_equal(np.asarray(res.tokens[q]), want)
-  # Greedy = argmax at every step.
-  res = bs.greedy(toy_step, toy_reorder, params, first, ToyCache(h=h0), max_len=4)
-  for q in range(2):
-    h, out = int(h0[q]), []
-    tab = np.asarray(params["table"])
-    for _ in range(4):
-      tok = int(np.argmax(tab[h]))
-      out.append(tok)
-      h = (h * 31 + tok + 1) % tab.shape[0]
-    np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), out)
+  # Greedy = argmax at every step, stopping after EOS only when EOS is the argmax.
+  tab = np.asarray(params["table"])
+  for eos_g in (None, 0, 1, 2, 3):
+    res = bs.greedy(toy_step, toy_reorder, params, first, ToyCache(h=h0), max_len=6, eos_id=eos_g)
+    for q in range(2):
+      h, out = int(h0[q]), []
+      while len(out) < 6 and (not out or out[-1] != eos_g):
+        tok = int(np.argmax(tab[h]))
+        out.append(tok)
+        h = (h * 31 + tok + 1) % tab.shape[0]
+      np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), out + [-1] * (6 - len(out)))
 
 
 def test_tiny_llama_left_padded_prompts_equal_exhaustive():

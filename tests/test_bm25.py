@@ -1,10 +1,10 @@
-"""BM25 and embedding baselines against brute-force formulas; top-k selection against sorting."""
+"""BM25 baseline against the BM25 formula written out term by term."""
 
 import numpy as np
 import pytest
 
 from toolgen_jax.data.records import Query
-from toolgen_jax.evaluation import bm25, embedding, retriever
+from toolgen_jax.evaluation import bm25, retriever
 
 DOCS = ["get weather forecast for a city", "weather alerts and weather warnings", "stock price quote",
         "city population statistics city data", "translate text between languages", ""]
@@ -46,37 +46,8 @@ def test_analyzers():
   assert bm25.nltk_like_analyzer("The Weather-API, v2!") == ["the", "weather", "-", "api", ",", "v2", "!"]
 
 
-def test_top_k_from_scores_against_sort():
-  rng = np.random.default_rng(0)
-  scores = rng.integers(0, 4, size=(6, 10)).astype(float)  # many ties
-  cands = [None, (9, 1, 4), (), None, (0,), tuple(range(10))]
-  got = retriever.top_k_from_scores(scores, 4, cands)
-  for i, pool in enumerate(cands):
-    ids = range(10) if pool is None else sorted(set(pool))
-    want = sorted(ids, key=lambda t: (-scores[i, t], t))[:4]
-    assert got[i] == want
-  with pytest.raises(IndexError, match="outside"):
-    retriever.top_k_from_scores(scores, 2, [(10,)] + [None] * 5)
-
-
-def test_check_rankings():
-  retriever.check_rankings([[1, 2], [3]], 2, 2, [None, (3, 4)])
-  with pytest.raises(ValueError, match="repeats"):
-    retriever.check_rankings([[1, 1]], 1, 2, [None])
-  with pytest.raises(ValueError, match="outside its candidates"):
-    retriever.check_rankings([[5]], 1, 2, [(3, 4)])
-
-
-def test_embedding_retriever_cosine():
-  # A bag-of-letters "encoder": the reference is the cosine computed by hand.
-  def encode(texts):
-    return np.array([[t.count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32) + 1e-3
-
-  r = embedding.EmbeddingRetriever(DOCS[:5], encode_fn=encode)
-  s = r.scores(["weather city"])
-  d, q = encode(DOCS[:5]), encode(["weather city"])
-  want = (q @ d.T) / np.linalg.norm(q) / np.linalg.norm(d, axis=1)
-  np.testing.assert_allclose(s, want, rtol=1e-5)
-  assert r.rank([Query("a", "weather city", (0,))], 2, [None])[0] == list(np.argsort(-want[0])[:2])
-  with pytest.raises(ValueError, match="doc_embeddings"):
-    embedding.EmbeddingRetriever(DOCS[:2], encode_fn=encode, doc_embeddings=np.zeros((3, 4)))
+def test_stemmer_option():
+  pytest.importorskip("Stemmer")
+  docs = ["daily weather forecasts", "stock quotes"]
+  assert bm25.BM25Retriever(docs).scores(["forecast"])[0, 0] == 0.0  # no stemming: no match
+  assert bm25.BM25Retriever(docs, stemmer="english").scores(["forecast"])[0, 0] > 0.0

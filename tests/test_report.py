@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from toolgen_jax.data.records import Query
@@ -47,3 +48,24 @@ def test_group_order_puts_all_last(sample_report):
   lines = [l for l in md.splitlines() if l.startswith("| all |")]
   groups = [l.split("|")[2].strip() for l in lines[:6]]
   assert groups == ["I1", "I1", "I2", "I2", "all", "all"]
+
+
+def test_single_split_rows_not_repeated(tmp_path):
+  qs = [Query("a", "x", (0,), group="I1", split="test"), Query("b", "y", (1,), group="I1", split="test")]
+  methods = harness.evaluate_methods({"good": Fixed([0, 1, 2])}, qs, settings=("multi-domain", "in-domain"))
+  rep = {"files": {"f": {"n_queries": 2, "methods": methods}}}
+  md = report.markdown_tables(rep)
+  assert "| test | I1 | good | 2 |" in md and "| test | all | good | 2 |" in md
+  assert not [l for l in md.splitlines() if l.startswith("| all |")]
+  assert "No query has a candidate pool here (2 skipped)" in md
+  assert len(report.plot_ndcg(rep, tmp_path)) == 1
+
+
+def test_codebook_section():
+  from toolgen_jax.codebook import stats
+
+  codes = np.array([[0, 1], [0, 2], [1, 1], [1, 1]])
+  md = report.markdown_tables({"codebook": {"rqvae": stats.code_stats(codes, (4, 4))}})
+  assert "### Codebook statistics" in md
+  # 2 of 4 codes used per level; the last two tools collide on (1, 1); 4 tools over 3 distinct full codes.
+  assert "| rqvae | 0.2500 | 0.500 / 0.500 | 2.0 / 1.8 | 2.00 / 1.33 |" in md

@@ -35,26 +35,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.checkpoint = "smollm2"  # "smollm2" (embedded GGUF) | path to a GGUF file | an HF directory (safetensors)
   c.model.dtype = "float32"       # compute dtype
   c.model.param_dtype = "float32"
-  c.model.remat = False
+  c.model.remat = False           # recompute each layer in the backward pass (saves activation memory)
+  c.model.remat_policy = ""       # "" = save nothing; else a jax.checkpoint_policies name, e.g. dots_with_no_batch_dims_saveable
+  c.model.scan_layers = True      # lax.scan over stacked layers (flat compile time); False unrolls the same params
   c.model.max_seq_len = 256
+  c.model.tokenizer = ""          # "" = the checkpoint's own; needed with checkpoint="random"
+  # checkpoint="random": a randomly initialised Llama of this shape (tests, smoke runs); vocab from the tokenizer.
+  c.model.random = ml_collections.ConfigDict(dict(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4,
+                                                  num_kv_heads=2, head_dim=16, tie_embeddings=True))
 
-  # --- sentence encoder for tool documents (toolgen_jax/codebook/encoders) -----------------------------------
+  # --- sentence encoder for tool documents (toolgen_jax/codebook/bert.py, embed.py) --------------------------
   c.encoder = ml_collections.ConfigDict()
-  c.encoder.kind = "minilm"       # minilm (embedded all-MiniLM-L6-v2) | bert_dir | gist
-  c.encoder.path = ""
+  c.encoder.kind = "minilm"       # minilm (embedded all-MiniLM-L6-v2) | bert_dir (any local BERT/MPNet dir) | gist
+  c.encoder.path = ""             # bert_dir: the HF directory (config.json, *.safetensors, tokenizer.json)
   c.encoder.batch_size = 64
   c.encoder.max_len = 128
+  c.encoder.dtype = "float32"     # compute dtype of the Flax encoder
 
   # --- tool tokenization (toolgen_jax/codebook) --------------------------------------------------------------
   c.codebook = ml_collections.ConfigDict()
   c.codebook.method = "rqvae"     # rqvae | residual_kmeans | atomic | numerical | hierarchical | semantic
-  c.codebook.levels = 2
-  c.codebook.size = 1024
+  c.codebook.levels = 2           # L (rqvae: codebooks; residual_kmeans: levels per position)
+  c.codebook.size = 1024          # K codes per level (ToolWeaver 1024; Toolscaler uses 512)
   c.codebook.resolve_collisions = True
+  c.codebook.seed = 0
+  c.codebook.rqvae_hidden = (1024, 512, 256, 128, 64)  # ToolWeaver released MLP widths
+  c.codebook.code_dim = 64
+  c.codebook.beta = 2.25          # commitment weight (ToolWeaver code)
+  c.codebook.sinkhorn_epsilon = 0.01
+  c.codebook.sinkhorn_iters = 50
+  c.codebook.collab_lambda = 1.0  # ToolWeaver paper; its released code uses 0.001; 0 = no collaborative loss
+  c.codebook.learning_rate = 1e-3
+  c.codebook.batch_size = 1024
+  c.codebook.steps = 1000         # RQ-VAE optimizer steps
+  c.codebook.pca_dim = 32         # residual_kmeans: PCA dimension per gist position (Toolscaler)
+  c.codebook.branching = 10       # hierarchical baseline: children per tree node (ToolGen)
 
   # --- vocabulary extension (toolgen_jax/models/vocab) -------------------------------------------------------
   c.vocab = ml_collections.ConfigDict()
   c.vocab.init = "codebook"       # codebook | subword_mean | random
+  c.vocab.pad_to_multiple = 128   # round the vocabulary up (zero rows; decoders mask ids >= len(tokenizer))
 
   # --- LoRA (toolgen_jax/models/lora) --------------------------------------------------------------------------
   c.lora = ml_collections.ConfigDict()
@@ -67,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   # --- training (toolgen_jax/training) -------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
   c.train.stages = ("memorization", "retrieval")
-  c.train.steps = 100             # per stage
+  c.train.steps = 100             # per stage (unless stage_steps names the stage)
+  c.train.stage_steps = ml_collections.ConfigDict({"memorization": 0, "retrieval": 0, "trajectory": 0})  # 0 = steps
   c.train.batch_size = 8
   c.train.seq_len = 64
   c.train.learning_rate = 4e-5
@@ -85,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.adam_b2 = 0.999
   c.train.adam_eps = 1e-8
   c.train.loss_chunk = 0          # >0: cross-entropy over sequence chunks of this many tokens (no full [B,T,V] logits)
-  c.train.packing = "pad"         # pad (one example per row) | pack (several per row, segment-masked attention)
+  c.train.packing = "pad"         # pad (every row to seq_len) | bucket (length-sorted windows, 3 padded lengths)
   c.train.multi_target = "separate"  # retrieval, several relevant tools: separate (one example per tool) | joint
   c.train.best_metric = ""        # "" = no best-by-metric copy; else an eval metric name, e.g. "ndcg@5"
   c.train.best_mode = "max"       # max | min
@@ -123,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.baselines = ("bm25", "embedding")
   c.eval.batch_size = 8
   c.eval.perplexity = True
+  c.eval.perplexity_tokens = 2048
+  c.eval.max_queries = -1         # cut the test queries (smoke runs); -1 = all
+  c.eval.train_queries = 0        # also score this many training queries (seen tools): tells memorisation apart
+                                  # from generalisation when the model trails the baselines on test
   c.eval.recall_ks = (5,)         # Recall@k cut-offs reported next to NDCG@ks
   c.eval.depth = 100              # tools a baseline retrieves per query; the peers' toolgen_ndcg@k counts these (ToolGen: 100)
   c.eval.split = "auto"           # query split `evaluate` scores: auto (test, else eval, else all) | "" (all) | a name
@@ -161,3 +186,54 @@ def base_config() -> ml_collections.ConfigDict:
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.lock()
   return config
+
+
+SCALES = ("small", "paper")
+
+
+def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collections.ConfigDict:
+  """The two variants every method config has (`--config=configs/NAME.py:small|paper`).
+
+  small: the embedded BFCL corpus, SmolLM2-135M, a CPU-sized budget (minutes on 2 cores).
+  paper: the papers' scale: Llama-3-8B from a local checkpoint on a TPU/GPU mesh (FSDP over every device), bf16
+    compute with fp32 master weights, rematerialisation, the ToolBench data you downloaded. Set the two paths:
+      --config.model.checkpoint=/path/to/Meta-Llama-3-8B --config.data.path=/path/to/ToolBench/data
+  """
+  scale = scale or "small"
+  if scale not in SCALES:
+    raise ValueError(f"unknown config variant {scale!r}; expected one of {SCALES}")
+  if scale == "small":
+    c.data.source = "bfcl"
+    c.model.checkpoint = "smollm2"
+    return c
+  c.data.source = "toolbench"
+  c.data.path = ""                # required: a ToolBench download (toolenv/tools, instruction, answer)
+  c.model.checkpoint = ""         # required: a local Llama-3-8B directory (config.json + *.safetensors)
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = True
+  c.model.max_seq_len = 2048
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.train.batch_size = 64
+  c.train.grad_accum = 1
+  c.train.seq_len = 1024
+  c.train.learning_rate = 4e-5
+  c.train.warmup_fraction = 0.03
+  c.train.steps = 2000
+  c.train.checkpoint_every = 500
+  c.train.eval_every = 500
+  c.train.keep_checkpoints = 3
+  c.train.stages = ("memorization", "retrieval", "trajectory")
+  c.eval.batch_size = 64
+  c.encoder.batch_size = 256
+  return c
+
+
+def check_paths(c: ml_collections.ConfigDict) -> None:
+  """Fails before any work when a paper-scale config still lacks its required paths."""
+  missing = [name for name, v in (("model.checkpoint", c.model.checkpoint),) if not v]
+  if c.data.source not in ("bfcl",) and not c.data.path:
+    missing.append("data.path")
+  if missing:
+    raise ValueError("config is missing required paths: " + ", ".join(f"--config.{m}=..." for m in missing))

@@ -2,11 +2,14 @@
 
   python -m toolgen_jax.evaluate --workdir=DIR --queries=FILE [--queries=FILE ...] [--add-tools-from=FILE ...]
       [--setting=multi-domain|in-domain|both] [--methods=bm25,embedding[,model]] [--split=auto|test|...]
+      [--corpus=pooled|per-file] [--perplexity]
 
 A query spec is `PATH` (format detected) or `SOURCE:PATH` with SOURCE one of the `toolgen_jax.data` readers
 (stabletoolbench, beir, bfcl, gorilla, toolbench, ...). The corpus scored against is the union of the workdir's
 own tools (when it has a saved dataset), the tools documented in `--add-tools-from` files and the tools of every
-query file; in the multi-domain setting every one of them is a candidate. Writes `DIR/evaluate/report.json`,
+query file. In the multi-domain setting every one of them is a candidate (`--corpus=pooled`, the model's view), or
+only the file's own tools plus the added ones (`--corpus=per-file`, each benchmark on its own corpus as the papers
+report it; a tool whose key two files share keeps the first file's doc). Writes `DIR/evaluate/report.json`,
 `report.md` and `plots/`. Kept thin: `run(...)` is what a notebook calls.
 """
 
@@ -123,7 +126,10 @@ def load_model_retriever(workdir: pathlib.Path, corpus, config: ml_collections.C
 
 
 def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_from: Sequence[str]):
-  """Merges workdir dataset + --add-tools-from + query files; returns (dataset, {label: queries of that file})."""
+  """Merges workdir dataset + --add-tools-from + query files (workdir tools keep their ids: they come first).
+
+  Returns (merged dataset, {label: queries of that file}, {label: merged ids of that file's tools},
+  merged ids of the added tools)."""
   from toolgen_jax.data import dataset as dataset_lib
 
   parts = []
@@ -132,24 +138,50 @@ def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_fr
   parts += [(*load_spec(s), False) for s in add_tools_from]
   parts += [(*load_spec(s), True) for s in query_specs]
   merged = dataset_lib.merge([ds for _, ds, _ in parts]) if len(parts) > 1 else parts[0][1]
-  per_file, start = {}, 0
+  per_file, file_tools, added, start = {}, {}, set(), 0
   for label, ds, is_query_file in parts:  # merge keeps each dataset's queries contiguous and in order
+    ids = {merged.corpus.id_of(*t.key) for t in ds.corpus}
     if is_query_file:
       name, i = label, 2
       while name in per_file:
         name, i = f"{label}#{i}", i + 1
       per_file[name] = merged.queries[start:start + len(ds.queries)]
+      file_tools[name] = ids
+    else:
+      added |= ids
     start += len(ds.queries)
-  return merged, per_file
+  return merged, per_file, file_tools, added
+
+
+class SubsetRetriever:
+  """A retriever built over the documents of `ids` only (local ids 0..n-1), answering in corpus ids. Per-file BM25
+  needs its own index: IDF and the mean document length are statistics of the indexed corpus."""
+
+  def __init__(self, retriever, ids: Sequence[int]):
+    self.retriever, self.ids = retriever, list(ids)
+    self.local = {g: i for i, g in enumerate(self.ids)}
+
+  def rank(self, queries, k, candidates):
+    local = [None if c is None else tuple(self.local[t] for t in c if t in self.local) for c in candidates]
+    return [[self.ids[i] for i in r] for r in self.retriever.rank(queries, k, local)]
+
+
+def bm25_retriever(documents: list[str], config: ml_collections.ConfigDict, ids: Sequence[int] | None = None):
+  """BM25 over `documents` (or over documents[ids] only, answering in corpus ids)."""
+  from toolgen_jax.evaluation.bm25 import BM25Retriever
+
+  kw = dict(k1=config.eval.bm25_k1, b=config.eval.bm25_b, method=config.eval.bm25_method,
+            analyzer=config.eval.bm25_analyzer)
+  if ids is None:
+    return BM25Retriever(documents, **kw)
+  return SubsetRetriever(BM25Retriever([documents[i] for i in ids], **kw), ids)
 
 
 def make_baselines(methods: Sequence[str], documents: list[str], config: ml_collections.ConfigDict,
                    workdir: pathlib.Path) -> dict:
   out = {}
   if "bm25" in methods:
-    from toolgen_jax.evaluation.bm25 import BM25Retriever
-    out["bm25"] = BM25Retriever(documents, k1=config.eval.bm25_k1, b=config.eval.bm25_b,
-                                method=config.eval.bm25_method, analyzer=config.eval.bm25_analyzer)
+    out["bm25"] = bm25_retriever(documents, config)
   if "embedding" in methods:
     from toolgen_jax.codebook import embed
     from toolgen_jax.evaluation.embedding import EmbeddingRetriever
@@ -162,7 +194,8 @@ def make_baselines(methods: Sequence[str], documents: list[str], config: ml_coll
 
 
 def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] = (), settings: Sequence[str] = (),
-        methods: Sequence[str] | None = None, split: str | None = None, out_dir: str | None = None) -> dict:
+        methods: Sequence[str] | None = None, split: str | None = None, out_dir: str | None = None,
+        corpus: str = "pooled", perplexity: bool = False) -> dict:
   """Evaluates and writes the report; returns the report dict (layout in `toolgen_jax.evaluation.report`)."""
   from toolgen_jax.data.documents import documents_from_config
   from toolgen_jax.evaluation import harness, report as report_lib
@@ -177,7 +210,9 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
     raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(BASELINES)}, model")
   settings = tuple(settings) or tuple(config.eval.settings)
   split = config.eval.split if split is None else split
-  dataset, per_file = build_corpus(wd, queries, add_tools_from)
+  if corpus not in ("pooled", "per-file"):
+    raise ValueError(f"corpus must be 'pooled' or 'per-file', got {corpus!r}")
+  dataset, per_file, file_tools, added = build_corpus(wd, queries, add_tools_from)
   retrievers = {}
   if "model" in methods:
     retrievers["model"] = load_model_retriever(wd, dataset.corpus, config)
@@ -186,17 +221,26 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
   files = {}
   for label, qs in per_file.items():
     qs = select_split(qs, split, label)
+    universe = None if corpus == "pooled" else tuple(sorted(file_tools[label] | added))
     results = {}
     for name, r in retrievers.items():
-      depth = config.eval.depth if name in BASELINES else None
+      if name == "bm25" and universe is not None:
+        r = bm25_retriever(documents, config, universe)
+      baseline = name in BASELINES  # cheap per query: one call (the encoder batches itself)
       results[name] = harness.evaluate(r, qs, ks=tuple(config.eval.ks), recall_ks=tuple(config.eval.recall_ks),
-                                       settings=settings, depth=depth, batch_size=config.eval.batch_size,
-                                       progress=f"{label} {name}")
-    files[label] = {"n_queries": len(qs), "methods": results}
-  report = {"files": files, "meta": {"workdir": str(wd), "queries": list(queries),
-                                     "add_tools_from": list(add_tools_from), "num_tools": len(dataset.corpus),
-                                     "settings": list(settings), "methods": list(retrievers), "split": split,
-                                     "doc_template": config.data.doc_template}}
+                                       settings=settings, depth=config.eval.depth if baseline else None,
+                                       batch_size=None if baseline else config.eval.batch_size,
+                                       progress=f"{label} {name}", universe=universe)
+    files[label] = {"n_queries": len(qs), "n_tools": len(dataset.corpus) if universe is None else len(universe),
+                    "methods": results}
+  report = {"files": files}
+  if perplexity:  # language preservation: the base checkpoint here; tuned models through the pipeline's hook
+    from toolgen_jax.evaluation import perplexity as ppl_lib
+    report["perplexity"] = {f"base ({config.model.checkpoint})": ppl_lib.checkpoint_perplexity(
+        config.model.checkpoint, config.eval)}
+  report["meta"] = {"workdir": str(wd), "queries": list(queries), "add_tools_from": list(add_tools_from),
+                    "num_tools": len(dataset.corpus), "settings": list(settings), "methods": list(retrievers),
+                    "split": split, "corpus": corpus, "doc_template": config.data.doc_template}
   paths = report_lib.write_report(report, pathlib.Path(out_dir) if out_dir else wd / "evaluate")
   report["paths"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
   return report
@@ -210,13 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--setting", choices=("multi-domain", "in-domain", "both"), default=None)
   p.add_argument("--methods", default=None, help="comma list of bm25, embedding, model (default: all available)")
   p.add_argument("--split", default=None, help="auto (test, else eval, else all) | '' (all) | a split name")
+  p.add_argument("--corpus", choices=("pooled", "per-file"), default="pooled",
+                 help="multi-domain candidates: every loaded tool (pooled) or the file's own + added tools")
+  p.add_argument("--perplexity", action="store_true",
+                 help="also score the base checkpoint's held-out perplexity (pydoc_data prose; minutes on CPU)")
   p.add_argument("--out", default=None, help="output folder (default WORKDIR/evaluate)")
   a = p.parse_args(argv)
   settings = () if a.setting in (None, "both") else (a.setting,)
   methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
   try:
     rep = run(a.workdir, a.queries, add_tools_from=a.add_tools_from, settings=settings, methods=methods,
-              split=a.split, out_dir=a.out)
+              split=a.split, out_dir=a.out, corpus=a.corpus, perplexity=a.perplexity)
   except (NoTrainedModelError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

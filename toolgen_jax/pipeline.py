@@ -1,26 +1,357 @@
-"""corpus -> tool embeddings -> codebook -> vocabulary extension -> stages -> evaluation -> report."""
+"""corpus -> tool embeddings -> codebook -> vocabulary extension -> stages -> evaluation -> report.
+
+`run(config, workdir)` is what `main.py` calls and what a notebook calls. Every step leaves its artifact in the
+workdir and a line in `status.json`; re-running with the same workdir resumes: a finished step is loaded, not redone,
+unless it is named in `config.pipeline.redo` (training resumes from its latest orbax checkpoint by itself).
+
+  workdir/config.json            the resolved config of the latest run
+  workdir/corpus/                ToolDataset (tools, queries with splits, trajectories, co-occurrence, manifest)
+  workdir/embeddings/            tool-document embeddings, keyed by corpus + encoder
+  workdir/codebook/              the Codebook artifact (tool id <-> codes, quantiser state, stats, plots)
+  workdir/checkpoints/<stage>/   orbax checkpoints of each training stage; metrics_<stage>.jsonl; tensorboard/
+  workdir/report.json, report.md, plots/   evaluation of the trained model next to the baselines
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
+import time
+from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
+STEPS = ("corpus", "embeddings", "codebook", "model", "train", "evaluate", "report")
 
-def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+# ---- workdir bookkeeping ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Workdir:
+  root: pathlib.Path
+
+  def __post_init__(self):
+    self.root = pathlib.Path(self.root)
+    self.root.mkdir(parents=True, exist_ok=True)
+
+  def __truediv__(self, name: str) -> pathlib.Path:
+    return self.root / name
+
+  @property
+  def status_path(self) -> pathlib.Path:
+    return self.root / "status.json"
+
+  def status(self) -> dict:
+    return json.loads(self.status_path.read_text()) if self.status_path.exists() else {}
+
+  def done(self, step: str, redo=()) -> bool:
+    return step not in tuple(redo) and bool(self.status().get(step, {}).get("done"))
+
+  def mark(self, step: str, **info) -> None:
+    s = self.status()
+    s[step] = {"done": True, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
+    tmp = self.status_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(s, indent=2, sort_keys=True, default=str))
+    tmp.replace(self.status_path)
+
+  def invalidate_after(self, step: str) -> None:
+    """A redone step makes every later step stale."""
+    s = self.status()
+    later = STEPS[STEPS.index(step) + 1:]
+    for k in later:
+      s.pop(k, None)
+    self.status_path.write_text(json.dumps(s, indent=2, sort_keys=True, default=str))
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+  logging.info(msg)
+
+
+# ---- the steps ------------------------------------------------------------------------------------------------------
+
+def load_corpus(config: ml_collections.ConfigDict, wd: Workdir):
+  from toolgen_jax import data
+  path = wd / "dataset"
+  if wd.done("corpus", config.pipeline.redo) and (path / "manifest.json").exists():
+    return data.load_dataset(path)
+  ds = data.from_config(config.data, seed=int(config.seed))
+  digest = ds.save(path)
+  splits: dict[str, int] = {}
+  for q in ds.queries:
+    splits[q.split] = splits.get(q.split, 0) + 1
+  wd.mark("corpus", tools=len(ds.corpus), queries=len(ds.queries), splits=splits, hash=digest,
+          edges=int(ds.cooccurrence.num_edges))
+  wd.invalidate_after("corpus")
+  _say(f"[corpus] {config.data.source}: {len(ds.corpus)} tools, {len(ds.queries)} queries {splits}, "
+       f"{ds.cooccurrence.num_edges} co-occurrence edges -> {path}")
+  return data.load_dataset(path)
+
+
+def tool_documents(config, ds) -> list[str]:
+  from toolgen_jax.data import documents_from_config
+  return documents_from_config(ds.corpus, config.data)
+
+
+def load_embeddings(config, wd: Workdir, ds) -> np.ndarray:
+  from toolgen_jax.codebook import embed
+  docs = tool_documents(config, ds)
+  enc = embed.load_encoder(config.encoder.path or config.encoder.kind)
+  emb = embed.cached_encode(docs, wd / "embeddings", enc, batch_size=int(config.encoder.batch_size),
+                            max_len=int(config.encoder.max_len))
+  if not wd.done("embeddings"):
+    wd.mark("embeddings", shape=list(emb.shape), encoder=enc.encoder_id)
+  _say(f"[embeddings] {emb.shape[0]} tool documents x {emb.shape[1]} ({enc.encoder_id})")
+  return emb
+
+
+def load_tokenizer(config):
+  from toolgen_jax.models import tokenizer as tok_lib
+  spec = config.model.tokenizer or config.model.checkpoint
+  if spec == "random":
+    raise ValueError("config.model.checkpoint='random' needs config.model.tokenizer (e.g. 'smollm2')")
+  return tok_lib.load_tokenizer(spec)
+
+
+def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
+  from toolgen_jax.codebook import codebook as cb_lib
+  path = wd / "codebook"
+  if wd.done("codebook", config.pipeline.redo) and path.exists():
+    return cb_lib.load(path)
+  t0 = time.perf_counter()
+  kw = {}
+  if config.codebook.method == "semantic":  # codes are the LLM's own tokens of the tool name, then end-of-turn
+    tok = load_tokenizer(config)
+    kw = dict(tokenize=tok.encode, end_id=end_of_turn_id(tok))
+  cb = cb_lib.build(config.codebook, emb, [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
+                    encoder={"kind": config.encoder.kind, "path": config.encoder.path}, progress=True, **kw)
+  cb.save(path)
+  rep = {k: v for k, v in cb.collision_report.items() if np.isscalar(v)}
+  wd.mark("codebook", seconds=round(time.perf_counter() - t0, 1), method=cb.method, levels=cb.num_levels,
+          level_sizes=cb.level_sizes, new_tokens=len(cb.tokens()), **rep)
+  wd.invalidate_after("codebook")
+  _say(f"[codebook] {cb.method}: {cb.num_tools} tools -> {cb.num_levels} levels {cb.level_sizes}, "
+       f"{len(cb.tokens())} new tokens, collisions {rep} ({time.perf_counter() - t0:.0f}s) -> {path}")
+  return cb
+
+
+def end_of_turn_id(tok) -> int:
+  """The id the chat template closes an assistant turn with (`<|im_end|>` / `<|eot_id|>`), else EOS."""
+  for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+    i = tok.token_to_id(t)
+    if i is not None:
+      return int(i)
+  return int(tok.eos_id)
+
+
+def code_targets(cb, tok) -> dict[int, list[str]]:
+  """tool id -> the assistant text of its code (what stages train and the trie decodes)."""
+  if cb.token_kind == "vocab":
+    end = end_of_turn_id(tok)
+    return {i: [tok.decode([int(c) for c in cb.code_of(i) if int(c) != end])] for i in range(cb.num_tools)}
+  return {i: cb.tool_tokens(i) for i in range(cb.num_tools)}
+
+
+@dataclasses.dataclass
+class Model:
+  config: Any          # LlamaConfig after vocabulary extension
+  params: Any
+  tokenizer: Any
+  new_token_start: int  # first id of the tool tokens
+
+
+def build_model(config, wd: Workdir, ds, cb) -> Model:
+  """Pretrained backbone + tool tokens (deterministic and cheap, so it is rebuilt rather than stored; the trained
+  weights live in the checkpoints)."""
+  from toolgen_jax.models import vocab as vocab_lib
+  from toolgen_jax.models import weights
+  t0 = time.perf_counter()
+  tok = load_tokenizer(config)
+  if config.model.checkpoint == "random":
+    from toolgen_jax.models import llama
+    mcfg = llama.LlamaConfig.tiny(vocab_size=len(tok), eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
+                                  **config.model.random.to_dict(), **_model_overrides(config))
+    params = llama.init_params(mcfg, jax.random.PRNGKey(int(config.seed)))
+  else:
+    mcfg, params = weights.load_pretrained(config.model.checkpoint, **_model_overrides(config))
+  n_old = len(tok)
+  new_tokens = cb.tokens()
+  kw: dict[str, Any] = {}
+  init = config.vocab.init
+  if init == "codebook":
+    docs = tool_documents(config, ds)
+    kw["tool_vectors"] = vocab_lib.tool_model_vectors(params, mcfg, tok, docs)
+    members = cb.token_members()
+    kw["token_members"] = [members.get(t, np.zeros((0,), np.int64)).tolist() for t in new_tokens]
+  elif init == "subword_mean":
+    if cb.token_kind == "atomic":  # ToolGen: a tool token starts at the mean of its name's sub-words
+      kw["token_texts"] = [ds.corpus[i].name for i in range(cb.num_tools)]
+  params, mcfg, tok = vocab_lib.extend_vocab(params, mcfg, tok, new_tokens, init, rng=int(config.seed), **kw)
+  _say(f"[model] {config.model.checkpoint}: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, vocabulary "
+       f"{n_old} + {len(new_tokens)} tool tokens (init={init}) in {time.perf_counter() - t0:.1f}s")
+  return Model(config=mcfg, params=params, tokenizer=tok, new_token_start=n_old)
+
+
+def _model_overrides(config) -> dict:
+  out = {}
+  for k in ("dtype", "param_dtype", "remat"):
+    if k in config.model:
+      out[k] = config.model[k]
+  return out
+
+
+def build_trie(config, cb, tok):
+  """Trie over the active tools' codes, with each (level, code) mapped to its vocabulary id."""
+  from toolgen_jax.decoding import trie as trie_lib
+  ids = np.nonzero(cb.active)[0]
+  codes = cb.codes[ids]
+  if cb.token_kind == "vocab":
+    table, end = None, None  # codes are vocabulary ids already, end-of-turn included
+  else:
+    width = max(cb.level_sizes)
+    table = np.zeros((cb.num_levels, width), np.int64)
+    for level, size in enumerate(cb.level_sizes):
+      for code in range(size):
+        tid = tok.token_to_id(cb_token(cb, level, code))
+        if tid is None:
+          raise KeyError(f"code token {cb_token(cb, level, code)} is not in the tokenizer")
+        table[level, code] = tid
+    end = end_of_turn_id(tok) if (codes < 0).any() else None
+  return trie_lib.Trie.build(codes, ids, code_tokens=table, num_codes=None if table is None else table.shape[1],
+                             end_token=end, dense_budget_bytes=int(config.decode.dense_budget_bytes))
+
+
+def cb_token(cb, level: int, code: int) -> str:
+  from toolgen_jax.codebook import codebook as cb_lib
+  return cb_lib.atomic_token(code) if cb.token_kind == "atomic" else cb_lib.code_token(level, code)
+
+
+def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
+  """Runs `config.train.stages` in order; each resumes from its own checkpoints; returns the final params."""
+  from toolgen_jax.models import llama
+  from toolgen_jax.training import input_pipeline as ip
+  from toolgen_jax.training import sharding as shd
+  from toolgen_jax.training import stages as stages_lib
+  from toolgen_jax.training import train as train_lib
+
+  mesh = shd.make_mesh(config.mesh)
+  params = model.params
+  train_q = [q for q in ds.queries if q.split == "train"]
+  train_t = [t for t in ds.trajectories if _traj_split(t, ds) == "train"]
+  for stage in config.train.stages:
+    examples = stages_lib.stage_examples(stage, corpus=ds.corpus, queries=train_q, trajectories=train_t,
+                                         codebook=code_targets(cb, model.tokenizer), tokenizer=model.tokenizer, train_config=config.train,
+                                         data_config=config.data, finish_id=getattr(cb, "finish_id", None))
+    pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(config.train.batch_size),
+                            seq_len=int(config.train.seq_len), seed=int(config.seed),
+                            pad_id=model.tokenizer.pad_id or 0, mode=config.train.packing)
+    steps = _stage_steps(config, stage, len(examples))
+    _say(f"[train:{stage}] {len(examples)} examples, {steps} steps of {config.train.batch_size} "
+         f"({steps * int(config.train.batch_size) / max(len(examples), 1):.2f} epochs)")
+    res = train_lib.fit(model_config=model.config, params=params, train_config=config.train, mesh=mesh,
+                        rules=config.mesh.logical_axis_rules, pipeline=pipe, workdir=wd.root, stage=stage,
+                        total_steps=steps, seed=int(config.seed), new_token_start=model.new_token_start)
+    params = res.state.params
+    hist = res.history
+    if hist:
+      _say(f"[train:{stage}] loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+  wd.mark("train", stages=list(config.train.stages))
+  del llama
+  return params
+
+
+def _stage_steps(config, stage: str, n_examples: int) -> int:
+  del n_examples
+  per = config.train.stage_steps
+  return int(per[stage]) if stage in per and int(per[stage]) > 0 else int(config.train.steps)
+
+
+def _traj_split(t, ds) -> str:
+  q = {q.id: q.split for q in ds.queries}
+  return q.get(t.query_id, "train")
+
+
+def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray) -> dict:
+  from toolgen_jax.evaluation import bm25 as bm25_lib
+  from toolgen_jax.evaluation import embedding as emb_lib
+  from toolgen_jax.evaluation import harness
+  from toolgen_jax.generative import GenerativeRetriever
+
+  test = [q for q in ds.queries if q.split == "test"]
+  if int(config.eval.max_queries) > 0:
+    test = test[:int(config.eval.max_queries)]
+  if int(config.eval.train_queries) > 0:  # a seeded sample of training queries, scored as split "train"
+    train_q = [q for q in ds.queries if q.split == "train"]
+    pick = np.random.default_rng(int(config.seed)).permutation(len(train_q))[:int(config.eval.train_queries)]
+    test = test + [train_q[i] for i in sorted(pick)]
+  docs = tool_documents(config, ds)
+  retrievers = {}
+  retrievers[config.codebook.method] = GenerativeRetriever(
+      params, model.config, model.tokenizer, build_trie(config, cb, model.tokenizer), beam_size=int(config.decode.beam_size),
+      batch_size=int(config.eval.batch_size), alpha=float(config.decode.length_normalization),
+      name=config.codebook.method)
+  if "bm25" in config.eval.baselines:
+    retrievers["bm25"] = bm25_lib.BM25Retriever(docs)
+  if "embedding" in config.eval.baselines:
+    retrievers["embedding"] = emb_lib.EmbeddingRetriever(doc_embeddings=emb)
+  methods = {}
+  for name, r in retrievers.items():
+    _say(f"[evaluate] {name} on {len(test)} test queries, settings {tuple(config.eval.settings)}")
+    methods[name] = harness.evaluate(r, test, ks=tuple(config.eval.ks), settings=tuple(config.eval.settings),
+                                     batch_size=int(config.eval.batch_size) * 8, progress=name)
+  return {"queries": len(test), "methods": methods}
+
+
+def language_preservation(config, model: Model, params_before, params_after) -> dict:
+  """Perplexity of the base and the tuned model on held-out general English (ToolWeaver's WikiText-2 check)."""
+  from toolgen_jax.evaluation import perplexity as ppl
+  from toolgen_jax.models import llama
+  from toolgen_jax.training import input_pipeline as ip
+
+  fwd = jax.jit(lambda p, t: llama.forward(p, model.config, t)[0])
+  encode = lambda text: ip.encode_text(model.tokenizer, text)
+  n = int(config.eval.get("perplexity_tokens", 2048))
+  out = {}
+  for label, p in (("base", params_before), ("tuned", params_after)):
+    out[label] = ppl.heldout_perplexity(lambda t, p=p: np.asarray(fwd(p, np.asarray(t))), encode, n_tokens=n)
+  return out
+
+
+def write_config(config: ml_collections.ConfigDict, wd: Workdir) -> None:
+  (wd / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  write_config(config, workdir)
-  logging.info("resolved config written to %s", workdir / "config.json")
+  """The whole method on `config`, resuming from whatever `workdir` holds. Returns the report dict."""
+  from toolgen_jax.evaluation import report as report_lib
+
+  wd = Workdir(pathlib.Path(workdir))
+  write_config(config, wd)
+  _say(f"[config] resolved config -> {wd / 'config.json'}")
   if config.pipeline.dry_run:
-    return {"stages": []}
-  stages = ["corpus", "embeddings", "codebook", "vocabulary", "training", "evaluation", "report"]
-  for s in stages:
-    print(f"[{s}] not yet implemented")
-  return {"stages": stages}
+    return {}
+  t0 = time.perf_counter()
+  ds = load_corpus(config, wd)
+  emb = load_embeddings(config, wd, ds)
+  cb = load_codebook(config, wd, ds, emb)
+  model = build_model(config, wd, ds, cb)
+  params = train(config, wd, ds, cb, model)
+  result = evaluate(config, wd, ds, cb, model, params, emb)
+  report = {"files": {f"{config.data.source}": {
+      "path": str(config.data.path or config.data.source), "n_queries": result["queries"],
+      "methods": result["methods"]}},
+      "meta": {"config": config.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
+               "codebook": wd.status().get("codebook", {})}}
+  if config.eval.perplexity:
+    report["perplexity"] = language_preservation(config, model, model.params, params)
+  paths = report_lib.write_report(report, wd.root)
+  wd.mark("report", **{k: str(v) for k, v in paths.items()})
+  _say((wd / "report.md").read_text())
+  _say(f"[report] {paths['json']}  {paths['markdown']}  plots: {', '.join(str(p) for p in paths['plots'])}")
+  _say(f"[done] {time.perf_counter() - t0:.0f}s")
+  return report
+

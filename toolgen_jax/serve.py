@@ -204,6 +204,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     kind = "invalid_request_error" if status < 500 else "server_error"
     self._json(status, {"error": {"message": message, "type": kind, "code": status}})
 
+  def _discard(self, n: int, cap: int):
+    """Reads and drops up to `cap` bytes of an oversized body, so that a client still sending it gets the 413
+    instead of a broken pipe; past `cap` the connection is closed after the answer (bounded work per request)."""
+    self.connection.settimeout(5.0)
+    left = min(n, cap)
+    try:
+      while left > 0:
+        chunk = self.rfile.read(min(65_536, left))
+        if not chunk:
+          break
+        left -= len(chunk)
+    except OSError:
+      pass
+
   def do_GET(self):
     if self.path.rstrip("/") == "/health":
       self._json(200, {"status": "ok"})
@@ -231,6 +245,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     limit = self.server.max_body_bytes
     if n > limit:
+      self._discard(n, 8 * limit)
       self._error(413, f"request body of {n} bytes exceeds the limit of {limit} bytes")
       return
     try:

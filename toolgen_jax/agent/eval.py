@@ -19,7 +19,6 @@ import sys
 from collections import defaultdict
 from typing import Iterable, Sequence
 
-from toolgen_jax.agent import format as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy
 from toolgen_jax.data.records import Message, ToolCorpus, Trajectory

@@ -16,7 +16,6 @@ import ast
 import dataclasses
 import json
 import pathlib
-import re
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from toolgen_jax.data import _common as _data_common
 from toolgen_jax.data.records import DataError, Tool, ToolCorpus, Trajectory
 
 
@@ -225,21 +225,10 @@ class _Deadline(Exception):
 # --- replay ---------------------------------------------------------------------------------------------------------
 
 
-def standardize(name: str) -> str:
-  """ToolBench's name normalisation (`server/utils.py: standardize`): non-word runs -> '_', lower case, no leading or
-  trailing '_', 'get_' before a leading digit. Used to match cache folders and `api_for_tool` function names."""
-  s = re.sub(r"_+", "_", re.sub(r"[^\u4e00-\u9fa5a-zA-Z0-9_]", "_", name)).lower().strip("_")
-  return "get_" + s if s[:1].isdigit() else s
-
-
-_RESERVED = ("from", "class", "return", "false", "true", "id", "and")
-
-
-def toolbench_function_name(tool_name: str, api_name: str) -> str:
-  """The function name ToolBench shows the model for an API (`rapidapi.py`): `{api}_for_{tool}`, last 64 chars."""
-  api = standardize(api_name)
-  api = "is_" + api if api in _RESERVED else api
-  return f"{api}_for_{standardize(tool_name)}"[-64:]
+# ToolBench's name normalisation lives with the data readers (one definition for reading and for replay).
+standardize = _data_common.standardize
+change_name = _data_common.change_name
+toolbench_function_name = _data_common.toolbench_function_name
 
 
 def canonical_arguments(arguments: Mapping[str, Any] | str | None) -> str:
@@ -284,8 +273,8 @@ class ReplayExecutor:
 
   @staticmethod
   def _key(tool_name: str, api_name: str) -> tuple[str, str]:
-    api = standardize(api_name)  # StableToolBench files are named change_name(standardize(api)): "id" -> "is_id"
-    return standardize(tool_name), "is_" + api if api in _RESERVED else api
+    # StableToolBench cache files are named change_name(standardize(api)): "id" -> "is_id"
+    return standardize(tool_name), change_name(standardize(api_name))
 
   def add(self, tool_name: str, api_name: str, arguments: Mapping[str, Any] | str | None, recorded: Any) -> None:
     self._cache.setdefault(self._key(tool_name, api_name), {}).setdefault(

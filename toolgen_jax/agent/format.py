@@ -31,8 +31,7 @@ INPUT_REQUEST = "Please give the input. Here is the documentation: "
 
 FINISH_TOOL = Tool(
     id=-1, tool_name="Finish", api_name="Finish",
-    description=("If you believe that you have obtained a result that can answer the task, call this function to "
-                 "provide the final answer. If you are unable to proceed with the task, call it to give up."),
+    description="Give the final answer (give_answer), or give up (give_up_and_restart).",
     parameters=FINISH_SCHEMA)
 """The Finish action as a tool (ToolBench's `Finish` function); `Message.action is None` stands for it."""
 
@@ -111,6 +110,6 @@ def finish_input(answer: str, give_up: bool = False) -> str:
                     ensure_ascii=False)
 
 
-def as_mapping(turns: Sequence[Mapping[str, str]]) -> str:
+def as_text(turns: Sequence[Mapping[str, str]]) -> str:
   """Plain-text view of turns (for logs and the chat CLI's --verbose)."""
   return "\n".join(f"[{t['role']}] {t['content']}" for t in turns)

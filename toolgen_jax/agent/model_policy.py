@@ -15,6 +15,7 @@ with a chat template fits.
 from __future__ import annotations
 
 import functools
+import importlib
 import pathlib
 from typing import Any, Protocol, Sequence
 
@@ -65,6 +66,27 @@ class HFCodec:
     return self.tok.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True)
 
 
+# The module itself (the package's `beam_search` attribute is the function of the same name, which shadows it).
+_bs = importlib.import_module("toolgen_jax.decoding.beam_search")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size"))
+def _retrieve(params, config, tokens, attention_mask, trie, tool_mask, *, beam_size: int):
+  """`decoding.constrained.retrieve` (prefill + trie beam search), with an optional [Q, num_tools] tool mask."""
+  first, cache = constrained.prefill(params, config, tokens, attention_mask, trie.depth)
+  allowed = None if tool_mask is None else trie_lib.allowed_nodes(trie, tool_mask)
+  return _bs.trie_beam_search(constrained.LlamaStep(config), llama.reorder_cache, params, first, cache, trie,
+                              beam_size=beam_size, allowed=allowed)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "eos_id"))
+def _greedy(params, config, tokens, attention_mask, *, max_len: int, eos_id: int):
+  """`decoding.constrained.generate` with one beam: greedy free text after left-padded prompts."""
+  first, cache = constrained.prefill(params, config, tokens, attention_mask, max_len)
+  return _bs.beam_search(constrained.LlamaStep(config), llama.reorder_cache, params, first, cache, beam_size=1,
+                         max_len=max_len, eos_id=eos_id)
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def _token_logprobs(params, config: llama.LlamaConfig, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """[B, T] right-padded sequences -> [B, T-1] log p(tokens[:, 1:] | prefix)."""
@@ -91,6 +113,41 @@ class ModelPolicy(Policy):
     self.constrained, self.system_prompt, self.pad_multiple = constrained_arguments, system_prompt, pad_multiple
     self.num_tools = int(max(trie.tool_ids.max(), finish_id)) + 1
     self._dtrie = trie.device()
+
+  def add_tools(self, tools: Sequence[Tool], codes) -> list[int]:
+    """Adds tools the model has not seen, coded from their documentation (`codes` [n, D], e.g. from the codebook's
+    `add_tools`), to the corpus and the trie; returns their corpus ids. Tools already in the corpus (same key) keep
+    their id and codes. The trie's ids are corpus ids, so when a new corpus id would take Finish's id, Finish moves
+    to a fresh id first (same codes). Mutates the policy: call under the backend's lock."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or len(codes) != len(tools):
+      raise ValueError(f"codes must be [{len(tools)}, D], got {codes.shape}")
+    out, new_ids, new_rows, pending = [], [], [], {}
+    nxt = len(self.corpus)
+    for i, t in enumerate(tools):
+      tid = self.corpus.get_id(*t.key)
+      if tid is None:
+        tid = pending.setdefault(t.key, nxt)
+        if tid == nxt:
+          new_ids.append(tid)
+          new_rows.append(i)
+          nxt += 1
+      out.append(tid)
+    trie = self.trie
+    finish_id = self.finish_id
+    if finish_id in new_ids:
+      tok = trie.tokens_of([finish_id])
+      fin = trie.token_to_code(tok)[0]
+      fin = fin[(fin >= 0) & (fin < trie.num_codes)]
+      finish_id = max(max(new_ids), int(trie.tool_ids.max())) + 1
+      trie = trie.remove([self.finish_id]).add(fin[None], [finish_id])
+    if new_ids:
+      trie = trie.add(codes[new_rows], new_ids)  # raises (corpus untouched) if the codes clash
+      for i in new_rows:
+        self.corpus.add(tools[i])
+    self.trie, self.finish_id, self._dtrie = trie, finish_id, trie.device()
+    self.num_tools = int(max(trie.tool_ids.max(), finish_id)) + 1
+    return out
 
   # --- rendering -------------------------------------------------------------------------------------------------
 
@@ -120,8 +177,8 @@ class ModelPolicy(Policy):
   def generate_text(self, prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> str:
     """Greedy continuation of `prompt` until EOS / `max_tokens`, cut before the first stop string."""
     tokens, mask = constrained.left_pad([self._ids(prompt)], self.codec.pad_id, self.pad_multiple)
-    res = constrained.generate(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), beam_size=1,
-                               max_len=max_tokens, eos_id=self.codec.eos_id)
+    res = _greedy(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), max_len=max_tokens,
+                  eos_id=self.codec.eos_id)
     out = []
     for t in np.asarray(res.tokens)[0, 0].tolist():
       if t < 0 or t == self.codec.eos_id:
@@ -146,8 +203,8 @@ class ModelPolicy(Policy):
       ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id] + ([self.finish_id] if allow_finish
                                                                                     else [])
       tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids([ids], self.num_tools))
-    res = constrained.retrieve(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), self._dtrie,
-                               beam_size=max(k, self.beam_size), tool_mask=tool_mask)
+    res = _retrieve(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), self._dtrie, tool_mask,
+                    beam_size=max(k, self.beam_size))
     out = []
     for tid, score in zip(np.asarray(res.tool_ids)[0].tolist(), np.asarray(res.scores)[0].tolist()):
       if tid >= 0:
@@ -197,11 +254,16 @@ class _ModelFiller:
 
 
 def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus, *, finish_id: int,
-                  executor=None, name: str = "toolgen", add_tools=None, **policy_kw):
-  """A `Backend` around a trained model (the lead wires workdir artifacts into this)."""
+                  executor=None, name: str = "toolgen", code_tools=None, **policy_kw):
+  """A `Backend` around a trained model (the lead wires workdir artifacts into this).
+
+  `code_tools(tools) -> codes [n, D]` codes unseen tools from their documentation (the codebook's `add_tools`);
+  None: the server answers requests with unknown tools with 422.
+  """
   from toolgen_jax.agent.backend import Backend
   policy = ModelPolicy(params, config, codec, trie, corpus, finish_id=finish_id, **policy_kw)
-  return Backend(policy, corpus, executor, name=name, add_tools=add_tools)
+  add = None if code_tools is None else (lambda tools: policy.add_tools(tools, code_tools(tools)))
+  return Backend(policy, corpus, executor, name=name, add_tools=add)
 
 
 def load_model_backend(workdir: pathlib.Path):

@@ -140,7 +140,7 @@ class LexicalPolicy(Policy):
   def choose_tool(self, history, thought, candidates, *, k=1, allow_finish=True):
     q = Counter(_words(last_query(history)))
     called = {m.action for m in history if m.role == "assistant" and m.action is not None}
-    pool = range(len(self.corpus)) if candidates is None else candidates
+    pool = range(len(self.corpus)) if candidates is None else [t for t in candidates if 0 <= t < len(self.corpus)]
     ranked = sorted(((self._score(t, q) - (1e3 if t in called else 0.0), t) for t in pool), key=lambda x: (-x[0], x[1]))
     out = [ToolChoice(t, s) for s, t in ranked]
     if allow_finish:

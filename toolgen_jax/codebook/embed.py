@@ -51,6 +51,11 @@ class Encoder:
 
     return apply
 
+  def info(self, max_len: int = 128) -> dict:
+    """The identity a Codebook records (`encoder=`), so `add_tools(docs=...)` re-encodes with the same model."""
+    return {"encoder_id": self.encoder_id, "path": self.path, "max_len": int(max_len),
+            "model_type": self.config.model_type, "dim": self.dim}
+
   def tokenize(self, texts: Sequence[str], max_len: int) -> list[list[int]]:
     return [e.ids[:max_len - 1] + e.ids[-1:] if len(e.ids) > max_len else e.ids
             for e in self.tokenizer.encode_batch(list(texts))]

@@ -176,8 +176,16 @@ def trie_beam_search(step_fn: StepFn, reorder_cache: ReorderFn, params, first_lo
 
 
 def _free_text_candidates(logp: jax.Array, beam_size: int, eos_id: int | None):
-  """Per beam: its best B non-EOS tokens (enough for the B best live beams) plus EOS (the only ending one)."""
+  """Per beam: its best B non-EOS tokens (enough for the B best live beams) plus EOS (the only ending one).
+
+  One beam is greedy decoding: the argmax token only, so EOS ends the text exactly when it is the argmax (keeping
+  a less likely EOS hypothesis aside, as B > 1 does, could return an early EOS that greedy never takes).
+  """
   beam_size = min(beam_size, logp.shape[-1])
+  if beam_size == 1:
+    lp, tok = jax.lax.top_k(logp, 1)
+    tok = tok.astype(jnp.int32)
+    return lp, tok, (tok == eos_id) if eos_id is not None else jnp.zeros(lp.shape, bool)
   if eos_id is None:
     lp, tok = jax.lax.top_k(logp, beam_size)
     return lp, tok.astype(jnp.int32), jnp.zeros(lp.shape, bool)

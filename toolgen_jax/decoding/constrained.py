@@ -50,8 +50,9 @@ def prefill(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask
   """Runs the left-padded prompts [Q, T] into a fresh cache of T + max_new slots -> (logits [Q, V], cache)."""
   q, t = tokens.shape
   cache = llama.init_cache(config, q, t + max_new)
-  logits, cache = llama.forward(params, config, tokens, attention_mask=attention_mask, cache=cache)
-  return logits[:, -1], cache  # left padding: the last column is every row's last real token
+  x, cache = llama.hidden_states(params, config, tokens, attention_mask=attention_mask, cache=cache)
+  # Left padding: the last column is every row's last real token; the LM head runs on it alone.
+  return llama.logits_from_hidden(params, config, x[:, -1]), cache
 
 
 @functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha"))

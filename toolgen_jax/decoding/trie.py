@@ -13,7 +13,8 @@ Layout (`Trie`, host; `DeviceTrie`, device):
   factor) of candidates per beam, so its cost does not grow with the number of tools.
 - The first depths, where few nodes fan out into many codes, also get a dense int32 table [nodes at depth, K] ->
   child node (or -1): a single gather, no width bound. Depths are made dense from the root down while they fit
-  `dense_budget_bytes` (config.decode.dense_budget_bytes).
+  `dense_budget_bytes` (config.decode.dense_budget_bytes) and their maximal branching is at least K/2 (below that
+  the CSR step scores fewer candidates and is faster as well as smaller).
 - Variable-length codes: when `end_token` is given an END code (index K) is appended to every sequence, so a
   sequence ends where the model emits END (as ToolGen's names end with EOS) and one sequence may be a prefix of
   another. Without it sequences must be prefix-free; all terminal nodes are leaves either way.
@@ -154,9 +155,7 @@ class Trie:
       code_tokens = np.concatenate([code_tokens, code_tokens[:1]], 0)
       code_tokens = np.concatenate([code_tokens, np.full((length + 1, 1), end_token)], 1)
       lengths = lengths + 1
-    elif n and not np.all(lengths == length):
-      # Without END a short sequence must not be a prefix of a longer one (checked below on the sorted rows).
-      pass
+    # Without END a short sequence must not be a prefix of a longer one (checked on the sorted rows).
     return cls._from_padded(codes.astype(np.int32), tool_ids.astype(np.int32), lengths, frozenset(removed),
                             code_tokens.astype(np.int32), end_token, num_codes, dense_budget_bytes)
 
@@ -216,12 +215,15 @@ class Trie:
     for d in range(depth):
       c = counts[level_start[d]:level_start[d + 1]]
       widths.append(max(int(c.max(initial=0)), 1))
-    # Dense tables from the root down while they fit the budget.
+    # Dense tables from the root down while they fit the budget and the depth fans out widely: a dense step
+    # scores all Kc codes per beam, a CSR step only the depth's maximal branching, so where nodes have few
+    # children (deep levels, small corpora) CSR is both smaller and faster.
     dense, used = [], 0
     for d in range(depth):
       nd = level_start[d + 1] - level_start[d]
       size = nd * kc * 4
-      if dense is not None and used + size <= budget and (not dense or dense[-1] is not None):
+      wide = 2 * widths[d] >= kc
+      if wide and used + size <= budget and (not dense or dense[-1] is not None):
         table = np.full((nd, kc), -1, np.int32)
         kids = np.arange(level_start[d + 1], level_start[d + 2])
         table[node_parent[kids] - level_start[d], edge_code[kids - 1]] = kids
@@ -255,10 +257,9 @@ class Trie:
   def remove(self, tool_ids: Sequence[int]) -> "Trie":
     """Removes tools: their terminal nodes (and ancestors left without live tools) become unreachable."""
     tool_ids = np.asarray(tool_ids, np.int64).reshape(-1)
-    rows = self._rows_of(tool_ids)
+    self._rows_of(tool_ids)  # unknown ids are an error
     removed = self.removed | frozenset(tool_ids.tolist())
     keep = ~np.isin(self.tool_ids, np.fromiter(removed, np.int64, len(removed)))
-    del rows
     return dataclasses.replace(self, removed=removed)._with_live_terminals(self.terminal[keep])
 
   def add(self, codes, tool_ids: Sequence[int]) -> "Trie":
@@ -301,10 +302,14 @@ class Trie:
     return np.sort(self.node_tool[(self.node_tool >= 0) & self.live])
 
   def _rows_of(self, tool_ids: np.ndarray) -> np.ndarray:
+    """Rows of `codes` holding these tool ids (KeyError names the unknown ones)."""
     order = np.argsort(self.tool_ids)
-    pos = np.searchsorted(self.tool_ids[order], tool_ids)
-    pos = np.clip(pos, 0, max(len(order) - 1, 0))
-    ok = (len(order) > 0) & (self.tool_ids[order][pos] == tool_ids) if len(order) else np.zeros_like(tool_ids, bool)
+    if len(order) == 0:
+      order = np.zeros(1, np.int64)
+      ok = np.zeros(tool_ids.shape, bool)
+    else:
+      pos = np.clip(np.searchsorted(self.tool_ids[order], tool_ids), 0, len(order) - 1)
+      ok = self.tool_ids[order][pos] == tool_ids
     if not np.all(ok):
       raise KeyError(f"tool ids not in the trie: {tool_ids[~ok][:10].tolist()}")
     return order[pos]
@@ -328,28 +333,29 @@ class Trie:
     return out
 
   def lookup(self, tokens: np.ndarray) -> np.ndarray:
-    """[..., D] token sequences (-1 padded) -> live tool id, -1 when the sequence spells no live tool."""
-    codes = self.token_to_code(tokens)
+    """[..., D'] token sequences (-1 padded) -> live tool id, -1 when the sequence spells no live tool.
+
+    Vectorised: edges are sorted by (parent, code), so the key parent * Kc + code is sorted and one
+    searchsorted per position finds every child.
+    """
     tokens = np.asarray(tokens)
-    node = np.zeros(codes.shape[:-1], np.int64)
-    ok = np.ones(codes.shape[:-1], bool)
-    done = np.zeros(codes.shape[:-1], bool)
-    for d in range(self.depth):
-      stop = tokens[..., d] < 0 if d < tokens.shape[-1] else np.ones_like(done)
-      done |= stop
+    codes = self.token_to_code(tokens)
+    kc = self.code_tokens.shape[1]
+    keys = self.node_parent[1:].astype(np.int64) * kc + self.edge_code.astype(np.int64)
+    node = np.zeros(tokens.shape[:-1], np.int64)
+    ok = np.ones(tokens.shape[:-1], bool)
+    done = np.zeros(tokens.shape[:-1], bool)
+    for d in range(tokens.shape[-1]):
+      done |= tokens[..., d] < 0
       step = ~done
-      ok &= ~(step & (codes[..., d] < 0))
-      start = self.indptr[np.minimum(node, len(self.indptr) - 2)].astype(np.int64)
-      end = self.indptr[np.minimum(node + 1, len(self.indptr) - 1)].astype(np.int64)
-      internal = node < len(self.indptr) - 1
-      found = np.zeros_like(node)
-      for idx in np.ndindex(node.shape):  # host-side helper for tests and reports, not on the decode path
-        if step[idx] and ok[idx] and internal[idx]:
-          seg = self.edge_code[start[idx]:end[idx]]
-          j = np.searchsorted(seg, codes[idx + (d,)])
-          found[idx] = start[idx] + j + 1 if j < len(seg) and seg[j] == codes[idx + (d,)] else -1
-      ok &= ~(step & (~internal | (found < 0)))
-      node = np.where(step & ok, found, node)
+      if d >= self.depth:
+        ok &= ~step
+        continue
+      want = node * kc + codes[..., d]
+      e = np.clip(np.searchsorted(keys, want), 0, max(len(keys) - 1, 0))
+      hit = (len(keys) > 0) & (codes[..., d] >= 0) & (keys[e] == want) if len(keys) else np.zeros_like(ok)
+      ok &= ~step | hit
+      node = np.where(step & ok, e + 1, node)
     tool = self.node_tool[node]
     return np.where(ok & (tool >= 0) & self.live[node], tool, -1).astype(np.int32)
 

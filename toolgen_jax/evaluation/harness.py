@@ -1,7 +1,7 @@
 """Scores any `Retriever` on a list of queries, per setting, split and group, with the metrics of `metrics.py`.
 
 Settings (as in the ToolGen / ToolWeaver tables):
-  "multi-domain": every tool of the corpus is a candidate.
+  "multi-domain": every tool of the corpus is a candidate (or every tool of `universe` when given).
   "in-domain":    candidates = the query's own pool (`Query.candidates`, StableToolBench `api_list`); a query
                   without one uses `group_pools[query.group]` when given, and is skipped (and counted) otherwise.
 
@@ -25,10 +25,11 @@ ALL = "all"
 
 
 def candidate_pools(queries: Sequence[Query], setting: str,
-                    group_pools: Mapping[str, Sequence[int]] | None = None) -> list[tuple[int, ...] | None | bool]:
+                    group_pools: Mapping[str, Sequence[int]] | None = None,
+                    universe: Sequence[int] | None = None) -> list[tuple[int, ...] | None | bool]:
   """Per query: None (every tool), a tuple of tool ids, or False (no pool in this setting: skip)."""
   if setting == "multi-domain":
-    return [None] * len(queries)
+    return [None if universe is None else tuple(universe)] * len(queries)
   if setting != "in-domain":
     raise ValueError(f"unknown setting {setting!r}; expected one of {SETTINGS}")
   out = []
@@ -63,13 +64,15 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
              recall_ks: Sequence[int] | None = None, settings: Sequence[str] = SETTINGS,
              group_pools: Mapping[str, Sequence[int]] | None = None, depth: int | None = None,
              batch_size: int | None = None, progress: str | None = None,
-             return_rankings: bool = False) -> dict:
+             return_rankings: bool = False, universe: Sequence[int] | None = None) -> dict:
   """Scores `retriever` on `queries` in each setting (layout in the module docstring).
 
   ks: NDCG cut-offs (the papers: 1, 3, 5). recall_ks: Recall cut-offs (default ks + (5,)).
   depth: how many tools to ask the retriever for; the peers' `toolgen_ndcg@k` counts relevant tools among these
     (ToolGen: 100). Default max(ks, recall_ks), the least the metrics need.
   With return_rankings, result["rankings"][setting] = {query id: ranked ids} (for reports and error analysis).
+  universe: the multi-domain candidate set when it is not the whole corpus (one benchmark's tools inside a pooled
+    corpus); a relevant tool outside it raises ValueError.
   """
   recall_ks = tuple(sorted(set(recall_ks if recall_ks is not None else tuple(ks) + (5,))))
   need = max(max(ks), max(recall_ks))
@@ -77,11 +80,16 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
   result: dict = {"skipped": {"no_relevant": 0}, "config": {"ks": list(ks), "recall_ks": list(recall_ks),
                                                              "depth": depth}}
   scored = [q for q in queries if q.relevant]
+  if universe is not None:
+    allowed = set(int(t) for t in universe)
+    for q in scored:
+      if not set(q.relevant) <= allowed:
+        raise ValueError(f"query {q.id}: relevant tools {sorted(set(q.relevant) - allowed)} are outside the universe")
   result["skipped"]["no_relevant"] = len(queries) - len(scored)
   if return_rankings:
     result["rankings"] = {}
   for setting in settings:
-    pools = candidate_pools(scored, setting, group_pools)
+    pools = candidate_pools(scored, setting, group_pools, universe)
     keep = [i for i, p in enumerate(pools) if p is not False]
     result["skipped"][f"{setting}/no_candidates"] = len(scored) - len(keep)
     qs = [scored[i] for i in keep]

@@ -128,3 +128,41 @@ def heldout_perplexity(logits_fn: LogitsFn, encode: Callable[[str], Sequence[int
   out = perplexity(logits_fn, ids, window=window, stride=stride, batch_size=batch_size, pad_id=pad_id)
   out["text"] = provenance | {"sha256_of_token_ids": hashlib.sha256(ids.tobytes()).hexdigest()[:16]}
   return out
+
+
+def llama_logits_fn(params, config) -> LogitsFn:
+  """`LogitsFn` of a `toolgen_jax.models.llama` model (jitted once for the [batch, window] shape)."""
+  import jax
+
+  from toolgen_jax.models import llama
+
+  fwd = jax.jit(lambda p, t: llama.forward(p, config, t)[0])
+  return lambda tokens: np.asarray(fwd(params, tokens))
+
+
+def checkpoint_perplexity(checkpoint: str = "smollm2", eval_config=None, **overrides) -> dict:
+  """Held-out perplexity of a pretrained checkpoint ("smollm2", a .gguf, or an HF directory): the base-model row of
+  the language-preservation table. `eval_config` = `config.eval` (window, stride, tokens); overrides win."""
+  from toolgen_jax.models import tokenizer as tok_lib
+  from toolgen_jax.models import weights
+
+  kw = {}
+  if eval_config is not None:
+    kw = dict(n_tokens=eval_config.perplexity_tokens, window=eval_config.perplexity_window,
+              stride=eval_config.perplexity_stride)
+  kw |= overrides
+  config, params = weights.load_pretrained(checkpoint)
+  tok = tok_lib.load_tokenizer(checkpoint)
+  out = heldout_perplexity(llama_logits_fn(params, config), tok.encode, pad_id=tok.pad_id, bos_id=tok.bos_id, **kw)
+  out["checkpoint"] = str(checkpoint)
+  return out
+
+
+if __name__ == "__main__":  # python -m toolgen_jax.evaluation.perplexity [CHECKPOINT]  (default smollm2)
+  import json
+  import sys
+
+  from toolgen_jax import config as config_lib
+
+  print(json.dumps(checkpoint_perplexity(sys.argv[1] if len(sys.argv) > 1 else "smollm2",
+                                         config_lib.base_config().eval)))

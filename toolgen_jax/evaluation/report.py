@@ -5,6 +5,7 @@ The report dict the writers take (what `toolgen_jax.evaluate` builds):
   {"files": {label: {"path": str, "n_queries": int,
                      "methods": {method: harness.evaluate(...) result}}},
    "perplexity": {model label: perplexity.heldout_perplexity(...) result},   # optional
+   "codebook": {label: toolgen_jax.codebook.stats.code_stats(...) result},     # optional
    "meta": {...}}                                                           # optional: command, versions, ...
 
 Tables print metrics x 100, as the papers do.
@@ -32,6 +33,12 @@ def _cells(file_entry: dict, setting: str):
   for res in methods.values():
     for split, groups in res.get(setting, {}).items():
       keys.update((split, g) for g in groups)
+  real = {sp for sp, _ in keys} - {"all"}
+  if len(real) == 1:  # one split holding every query: its rows and the "all" rows are the same queries
+    (only,) = real
+    n = lambda res, sp: res.get(setting, {}).get(sp, {}).get("all", {}).get("n")
+    if all(n(res, only) == n(res, "all") for res in methods.values()):
+      keys = {(sp, g) for sp, g in keys if sp != "all"}
   order = sorted(keys, key=lambda sg: (sg[0] == "all", sg[0], sg[1] == "all", sg[1]))
   for split, group in order:
     for method, res in methods.items():
@@ -47,6 +54,9 @@ def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str
     for setting in SETTINGS:
       rows = list(_cells(entry, setting))
       if not rows:
+        skipped = next(iter(entry["methods"].values()), {}).get("skipped", {}).get(f"{setting}/no_candidates")
+        if skipped:
+          out.append(f"### {label} — {setting}\n\nNo query has a candidate pool here ({skipped} skipped).\n")
         continue
       out.append(f"### {label} — {setting}\n")
       out.append("| split | group | method | n | " + " | ".join(metrics) + " |")
@@ -69,6 +79,15 @@ def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str
       out.append(f"| {name} | {p['perplexity']:.3f} | {p['n_scored']} | {text.get('source', '')} "
                  f"(Python {text.get('python', '?')}) |")
     out.append("")
+  if report.get("codebook"):
+    out.append("### Codebook statistics\n")
+    out.append("| codebook | collision rate | utilisation per level | perplexity per level | tools per prefix |")
+    out.append("|---|---:|---|---|---|")
+    fmt = lambda xs, f: " / ".join(f.format(x) for x in xs)
+    for name, c in report["codebook"].items():
+      out.append(f"| {name} | {c.get('collision_rate', float('nan')):.4f} | {fmt(c.get('utilisation', []), '{:.3f}')} | "
+                 f"{fmt(c.get('perplexity', []), '{:.1f}')} | {fmt(c.get('tools_per_prefix', []), '{:.2f}')} |")
+    out.append("")
   return "\n".join(out)
 
 
@@ -84,7 +103,9 @@ def plot_ndcg(report: dict, out_dir: str | pathlib.Path, ks: Sequence[int] = (1,
   paths = []
   for label, entry in report.get("files", {}).items():
     for setting in SETTINGS:
-      rows = [(g, m, c) for s, g, m, c in _cells(entry, setting) if s == "all"]
+      cells = list(_cells(entry, setting))
+      last_split = cells[-1][0] if cells else "all"  # "all", or the only split when there is one
+      rows = [(g, m, c) for s, g, m, c in cells if s == last_split]
       if not rows:
         continue
       groups = list(dict.fromkeys(g for g, _, _ in rows))

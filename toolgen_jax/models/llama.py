@@ -35,6 +35,7 @@ so model code never mentions devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -293,6 +294,7 @@ def param_logical_axes(config: LlamaConfig) -> dict:
   return _nest({p: a for p, (_, a, _) in _shapes_and_axes(config).items()})
 
 
+@functools.partial(jax.jit, static_argnames=("config", "init_std"))
 def init_params(config: LlamaConfig, rng: jax.Array, init_std: float = 0.02) -> Params:
   """Random params (normal(0, init_std) matrices as in HF `initializer_range`, RMSNorm scales 1, biases 0)."""
   dt = jnp.dtype(config.param_dtype)
@@ -393,12 +395,17 @@ def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
   return inv
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """Rotary embedding, HF `rotate_half` layout. x [B, T, N, Dh]; positions [B, T] int."""
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray, dtype) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, T, 1, Dh] for positions [B, T] (computed once per forward, shared by all layers)."""
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]  # [B, T, Dh/2]
   cos, sin = jnp.cos(freqs), jnp.sin(freqs)
-  cos = jnp.concatenate([cos, cos], -1)[:, :, None, :].astype(x.dtype)
-  sin = jnp.concatenate([sin, sin], -1)[:, :, None, :].astype(x.dtype)
+  cos = jnp.concatenate([cos, cos], -1)[:, :, None, :].astype(dtype)
+  sin = jnp.concatenate([sin, sin], -1)[:, :, None, :].astype(dtype)
+  return cos, sin
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding in HF's `rotate_half` layout: x * cos + rotate_half(x) * sin. x [B, T, N, Dh]."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   rot = jnp.concatenate([-x2, x1], axis=-1)
   return x * cos + rot * sin
@@ -434,7 +441,7 @@ def _attention(q, k, v, mask, dtype):
   return out.reshape(B, T, H, Dh)
 
 
-def _layer(config: LlamaConfig, inv_freq, x, lp, positions, mask, kv_in, write_index, rng):
+def _layer(config: LlamaConfig, rope, x, lp, mask, kv_in, write_index, rng):
   """One decoder block. kv_in: None (no cache) or (k_cache, v_cache) [B, S, K, Dh]; returns (x, (k, v))."""
   c, dt = config, x.dtype
   rngs = [None] * 7 if rng is None else list(jax.random.split(rng, 7))
@@ -444,8 +451,8 @@ def _layer(config: LlamaConfig, inv_freq, x, lp, positions, mask, kv_in, write_i
   v = _dense(h, lp["v_proj"], 1, c, rngs[2])
   q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
   k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
-  q = apply_rope(q, positions, inv_freq)
-  k = apply_rope(k, positions, inv_freq)
+  q = apply_rope(q, *rope)
+  k = apply_rope(k, *rope)
   if kv_in is not None:
     kc, vc = kv_in
     k = jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), write_index, axis=1)
@@ -478,6 +485,7 @@ def embed(params: Params, config: LlamaConfig, tokens: jax.Array) -> jax.Array:
   return _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
                   attention_mask: jax.Array | None = None, cache: KVCache | None = None,
                   dropout_rng: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -506,14 +514,14 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
   # A query that is itself padding sees nothing; let it see itself so softmax stays finite (its output is unused).
   mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
 
-  inv_freq = rope_inv_freq(c)
   x = embed(params, c, tokens)
+  rope = rope_tables(positions, rope_inv_freq(c), x.dtype)
   layers = params["layers"]
   layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, c.num_layers)
 
   def body(x, xs):
     lp, kv, r = xs
-    x, kv = _layer(c, inv_freq, x, lp, positions, mask, kv, write_index, r)
+    x, kv = _layer(c, rope, x, lp, mask, kv, write_index, r)
     return x, (kv if cache is not None else None)
 
   body = _remat(body, c)
@@ -547,6 +555,7 @@ def logits_from_hidden(params: Params, config: LlamaConfig, x: jax.Array) -> jax
   return logits.astype(jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def forward(params: Params, config: LlamaConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
             attention_mask: jax.Array | None = None, cache: KVCache | None = None,
             dropout_rng: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -566,6 +575,9 @@ def forward(params: Params, config: LlamaConfig, tokens: jax.Array, *, positions
 
   Returns:
     (logits [B, T, V] float32, the updated cache or None).
+
+  Jitted with `config` static (a hashable frozen dataclass), so eager calls compile once per shape; inside another
+  jit it simply inlines.
   """
   x, new_cache = hidden_states(params, config, tokens, positions=positions, attention_mask=attention_mask,
                                cache=cache, dropout_rng=dropout_rng)

@@ -139,7 +139,7 @@ def assemble(config: LlamaConfig, tensors: Iterator[tuple[str, Callable[[], np.n
     raise CheckpointError(f"{source}: {len(missing)} tensors missing, e.g. {missing[:3]}")
   result = {}
   for p in list(out):  # hand arrays to jax one by one so host memory never holds two full copies
-    result[p] = jnp.asarray(out.pop(p))
+    result[p] = jax.device_put(out.pop(p)).block_until_ready()
   return _nest(result)
 
 
@@ -346,3 +346,12 @@ def to_hf_state_dict(params: Mapping[str, Any], config: LlamaConfig, dtype: Any 
     w = ours_to_hf(kind, a)
     out[name] = np.ascontiguousarray(w if dtype is None else w.astype(dtype))
   return out
+
+
+def config_overrides(model_cfg) -> dict:
+  """LlamaConfig overrides from the `model` section of `toolgen_jax.config.base_config()`."""
+  remat = bool(model_cfg.get("remat", False))
+  if remat and model_cfg.get("remat_policy", ""):
+    remat = model_cfg.remat_policy
+  return dict(dtype=model_cfg.get("dtype", "float32"), param_dtype=model_cfg.get("param_dtype", "float32"),
+              remat=remat, scan_layers=bool(model_cfg.get("scan_layers", True)))

@@ -35,7 +35,8 @@ def _jsonable(x: Any) -> Any:
 
 def tokenizer_json(tokenizer: Any) -> str | None:
   """tokenizer.json text of a HF fast tokenizer (or our wrapper around one); None when not available."""
-  for obj in (tokenizer, getattr(tokenizer, "tokenizer", None), getattr(tokenizer, "tok", None)):
+  for obj in (getattr(tokenizer, "hf", None), tokenizer, getattr(tokenizer, "tokenizer", None),
+              getattr(tokenizer, "tok", None)):
     if obj is None:
       continue
     backend = getattr(obj, "backend_tokenizer", obj)

@@ -229,3 +229,64 @@ def mean_hidden_embeddings(params: Any, config: Any, token_batches: Iterable[tup
     return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
 
   return np.concatenate([np.asarray(pooled(params, jnp.asarray(t), jnp.asarray(m))) for t, m in token_batches])
+
+
+# ---- config-driven composition ---------------------------------------------------------------------------------
+
+def run_stages(config: Any, *, model_config: Any, params: Any, tokenizer: Any, dataset: Any, codebook: Any,
+               workdir: str, new_token_start: int | None = None, finish_id: int | None = None,
+               eval_fn: Callable | None = None, mesh: Any = None, refine_hooks: Mapping[str, Callable] | None = None
+               ) -> tuple[Any, Any, dict]:
+  """Trains `config.train.stages` in order, each stage starting from the previous one's params.
+
+  Retrieval uses only the dataset's training queries (split in `data.readers.TRAIN_SPLITS`); every stage saves
+  checkpoints under WORKDIR/checkpoints/<stage> with the codebook, tokenizer and resolved config, and a re-run
+  skips finished stages and resumes a killed one. With `config.train.refine_rounds` = T > 0, Toolscaler's
+  post-guided refinement follows: `refine_hooks` = {'embed_tools': params -> [N, D], 'quantize': (emb, codebook) ->
+  codebook, optionally 'swap_tokens'}; each round retrains the last stage as '<stage>_refine<r>'.
+
+  Returns (params, codebook, {stage name: FitResult}).
+  """
+  from toolgen_jax.data.readers import TRAIN_SPLITS
+  from toolgen_jax.training import checkpoint as ckpt_lib
+  from toolgen_jax.training import input_pipeline as ip_lib
+  from toolgen_jax.training import sharding as shd
+  from toolgen_jax.training import train as train_lib
+
+  tc = config.train
+  mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
+  train_queries = [q for q in dataset.queries if q.split in TRAIN_SPLITS]
+  pad_id = getattr(tokenizer, "pad_id", 0) or 0
+  results: dict = {}
+
+  def one(stage: str, name: str, params, codebook):
+    if stage == "retrieval" and not train_queries:
+      raise ValueError(f"stage 'retrieval': the dataset has no queries in splits {TRAIN_SPLITS}")
+    examples = stage_examples(stage, corpus=dataset.corpus, queries=train_queries,
+                              trajectories=dataset.trajectories, codebook=codebook, tokenizer=tokenizer,
+                              train_config=tc, data_config=config.data, finish_id=finish_id)
+    pipe = ip_lib.InputPipeline(examples, tokenizer, batch_size=int(tc.batch_size), seq_len=int(tc.seq_len),
+                                seed=int(config.seed), pad_id=int(pad_id), mode=tc.packing)
+    extras = {"config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+              "codebook": ckpt_lib.codebook_json(codebook), "tokenizer": ckpt_lib.tokenizer_json(tokenizer),
+              "stage": name}
+    res = train_lib.fit(model_config=model_config, params=params, train_config=tc, mesh=mesh,
+                        rules=config.mesh.logical_axis_rules, pipeline=pipe, workdir=workdir, stage=name,
+                        seed=int(config.seed), new_token_start=new_token_start, extras=extras, eval_fn=eval_fn)
+    results[name] = res
+    return res.state.params
+
+  for stage in tc.stages:
+    params = one(stage, stage, params, codebook)
+  rounds = int(tc.get("refine_rounds", 0))
+  if rounds:
+    if not refine_hooks or "embed_tools" not in refine_hooks or "quantize" not in refine_hooks:
+      raise ValueError("config.train.refine_rounds > 0 needs refine_hooks with 'embed_tools' and 'quantize'")
+    last = tc.stages[-1]
+    params, codebook, history = post_guided_refinement(
+        params, codebook, rounds=rounds,
+        train=lambda p, cb, r: (one(last, f"{last}_refine{r}", p, cb), {}),
+        embed_tools=refine_hooks["embed_tools"], quantize=refine_hooks["quantize"],
+        swap_tokens=refine_hooks.get("swap_tokens"))
+    results["refinement"] = history
+  return params, codebook, results

@@ -153,7 +153,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   if grad_mask is not None:
     grads = opt_lib.apply_mask(grads, grad_mask, logical_axes)
   loss = ce / denom
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def apply(s):
@@ -355,12 +355,11 @@ def fit(*, model_config: llama.LlamaConfig, params: Any, train_config: Mapping[s
       row = {"step": s, **_host(m), "real_tokens": real, "seq_len": seq}
       rows.append(row)
       if not row["finite"]:
-        bad = int(jax.device_get(state.nonfinite_step))
         checkpointer.wait()
         writer.record([r for r in rows if r["finite"]])
         raise NonFiniteError(
-            f"[{stage}] step {bad if bad >= 0 else s - 1}: loss={row['loss']} grad_norm={row['grad_norm']} is not "
-            f"finite; training stopped before applying it. Last good checkpoint: step "
+            f"[{stage}] step {s} (input batch {s - 1}): loss={row['loss']} grad_norm={row['grad_norm']} is not "
+            f"finite; the update was not applied and training stopped. Last good checkpoint: step "
             f"{checkpointer.latest_step()} under {checkpointer.directory}")
     pending.clear()
     dt = time.perf_counter() - t_last

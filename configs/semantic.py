@@ -1,0 +1,13 @@
+"""Tokenization ablation (ToolGen's table): semantic indexing.
+
+  python -m toolgen_jax.main --config=configs/semantic.py:small --workdir=workdirs/semantic
+"""
+
+from toolgen_jax import config as base
+
+
+def get_config(arg: str | None = None):
+  c = base.apply_scale(base.base_config(), arg)
+  c.codebook.method = "semantic"
+  c.vocab.init = "random"
+  return base.lock(c)

@@ -1,0 +1,13 @@
+"""ToolGen: atomic indexing, one new token per tool, initialised from the mean of its name's sub-words.
+
+  python -m toolgen_jax.main --config=configs/toolgen.py:small --workdir=workdirs/toolgen
+"""
+
+from toolgen_jax import config as base
+
+
+def get_config(arg: str | None = None):
+  c = base.apply_scale(base.base_config(), arg)
+  c.codebook.method = "atomic"
+  c.vocab.init = "subword_mean"
+  return base.lock(c)

@@ -1,0 +1,18 @@
+"""ToolWeaver: RQ-VAE (L=2 codebooks x K=1024) with the collaborative graph-Laplacian loss and Sinkhorn-Knopp.
+
+  python -m toolgen_jax.main --config=configs/toolweaver.py:small --workdir=workdirs/toolweaver   # CPU, BFCL
+  python -m toolgen_jax.main --config=configs/toolweaver.py:paper --workdir=gs://.../toolweaver \
+      --config.model.checkpoint=/ckpt/Meta-Llama-3-8B --config.data.path=/data/ToolBench           # TPU/GPU mesh
+"""
+
+from toolgen_jax import config as base
+
+
+def get_config(arg: str | None = None):
+  c = base.apply_scale(base.base_config(), arg)
+  c.codebook.method = "rqvae"
+  c.codebook.levels = 2
+  c.codebook.size = 1024 if arg == "paper" else 256
+  c.codebook.collab_lambda = 1.0  # the paper's lambda (its released code: 0.001)
+  c.vocab.init = "codebook"
+  return base.lock(c)

@@ -1,0 +1,161 @@
+"""Stage example builders (masks = exactly the assistant reply) and loss decrease of each stage on real data."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from _training_helpers import ByteChatTokenizer, code_tokens, toy_codebook
+from toolgen_jax import config as config_lib
+from toolgen_jax import data
+from toolgen_jax.data.records import Message, Query, Trajectory
+from toolgen_jax.models import llama
+from toolgen_jax.training import input_pipeline as ip
+from toolgen_jax.training import sharding as shd
+from toolgen_jax.training import stages, train
+
+LEVELS, SIZE = 2, 64
+TOK = ByteChatTokenizer(code_tokens(LEVELS, SIZE))
+
+
+def _target_texts(ex):
+  return [t for t, is_t in ex.segments if is_t]
+
+
+def test_render_chat_targets_are_the_assistant_replies():
+  turns = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
+           {"role": "assistant", "content": "a1"}, {"role": "user", "content": "more"},
+           {"role": "assistant", "content": "a2"}]
+  ex = stages.render_chat(TOK, turns, "x")
+  assert ex.text == TOK.apply_chat_template(turns)
+  assert _target_texts(ex) == ["a1<|im_end|>\n", "a2<|im_end|>\n"]
+  # The prompt before each reply is the inference prompt (template with the generation prompt).
+  first_target = ex.text.index("a1<|im_end|>")
+  assert ex.text[:first_target] == TOK.apply_chat_template(turns[:2], add_generation_prompt=True)
+
+
+def test_render_chat_rejects_templates_that_rewrite_history():
+  class Rewriting(ByteChatTokenizer):
+    def apply_chat_template(self, turns, tokenize=False, add_generation_prompt=False):
+      return f"[{len(turns)} turns]" + super().apply_chat_template(turns, tokenize, add_generation_prompt)
+  with pytest.raises(ValueError, match="prefix|rewrites"):
+    stages.render_chat(Rewriting(), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "x")
+
+
+def test_code_tokens_adapter_accepts_mapping_and_codes_array():
+  assert stages.code_text({3: ["<T0_1>", "<T1_2>"]}, 3) == "<T0_1><T1_2>"
+
+  class CB:
+    codes = np.array([[5, 7], [1, -1]])
+  assert stages.code_text(CB(), 0) == "<T0_5><T1_7>"
+  assert stages.code_text(CB(), 1) == "<T0_1>"
+  with pytest.raises(KeyError):
+    stages.code_text({}, 0)
+
+
+def test_retrieval_multi_target_modes():
+  qs = [Query(id="a", text="find weather", relevant=(0, 2)), Query(id="b", text="stock", relevant=(1,))]
+  cb = toy_codebook(3, LEVELS, SIZE)
+  sep = stages.retrieval_examples(qs, cb, TOK, multi_target="separate")
+  joint = stages.retrieval_examples(qs, cb, TOK, multi_target="joint")
+  assert [e.id for e in sep] == ["retrieval/a/0", "retrieval/a/2", "retrieval/b/1"]
+  assert _target_texts(sep[1]) == ["".join(cb[2]) + "<|im_end|>\n"]
+  assert len(joint) == 2 and _target_texts(joint[0]) == ["".join(cb[0] + cb[2]) + "<|im_end|>\n"]
+  with pytest.raises(data.DataError, match="relevant"):
+    stages.retrieval_examples([Query(id="c", text="x", relevant=())], cb, TOK)
+
+
+def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
+  from toolgen_jax.agent import format as fmt
+  corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])
+  cb = toy_codebook(2, LEVELS, SIZE)  # row 1 = Finish
+  tr = Trajectory(id="t", query_id="q", messages=(
+      Message(role="user", content="weather in Paris?"),
+      Message(role="assistant", thought="look it up", action=0, action_name="today", action_input='{"city": "P"}'),
+      Message(role="observation", content='{"response": "sunny"}'),
+      Message(role="assistant", thought="done", action=None, action_name="Finish",
+              action_input='{"return_type": "give_answer", "final_answer": "sunny"}')))
+  ex = stages.trajectory_examples([tr], corpus, cb, TOK, finish_id=1)[0]
+  targets = _target_texts(ex)
+  # thought, action code, action input for each of the 2 steps
+  assert len(targets) == 6
+  assert targets[1] == "".join(cb[0]) + "<|im_end|>\n" and targets[4] == "".join(cb[1]) + "<|im_end|>\n"
+  assert fmt.ACTION_REQUEST in ex.text and fmt.SYSTEM_PROMPT in ex.text
+  with pytest.raises(data.DataError, match="finish_id"):
+    stages.trajectory_examples([tr], corpus, cb, TOK)
+
+
+def test_post_guided_refinement_swaps_codebooks_each_round():
+  class CB:
+    def __init__(self, codes):
+      self.codes = np.asarray(codes)
+  calls = []
+
+  def train_round(params, codebook, r):
+    calls.append((r, codebook.codes.copy()))
+    return params + 1, {"loss": 1.0 / (r + 1)}
+
+  def quantize(emb, old):
+    return CB(np.roll(old.codes, 1, axis=0))   # a changed assignment every round
+
+  params, cb, hist = stages.post_guided_refinement(
+      0, CB([[0, 1], [2, 3], [4, 5]]), rounds=2, train=train_round, embed_tools=lambda p: np.zeros((3, 4)),
+      quantize=quantize)
+  assert params == 2 and [h.round for h in hist] == [0, 1]
+  assert all(h.changed_tools == 3 for h in hist)
+  np.testing.assert_array_equal(calls[0][1], [[4, 5], [0, 1], [2, 3]])
+  np.testing.assert_array_equal(cb.codes, calls[1][1])
+
+
+def test_mean_hidden_embeddings_are_normalised_and_ignore_padding():
+  mc = llama.LlamaConfig.tiny()
+  params = llama.init_params(mc, jax.random.PRNGKey(0))
+  t = np.array([[5, 6, 7, 0], [5, 6, 7, 9]], np.int32)
+  m = np.array([[1, 1, 1, 0], [1, 1, 1, 0]], np.int32)
+  e = stages.mean_hidden_embeddings(params, mc, [(t, m)])
+  assert e.shape == (2, mc.hidden_size)
+  np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(e[0], e[1], atol=1e-5)  # the padded position's token does not matter
+
+
+# ---- real data: each stage learns -----------------------------------------------------------------------------
+
+def _fit(examples, tmp_path, stage, steps=24):
+  c = config_lib.base_config()
+  c.train.learning_rate, c.train.warmup_fraction, c.train.steps, c.train.log_every = 3e-3, 0.1, steps, 4
+  c.train.progress_bar, c.train.tensorboard, c.train.async_checkpoint = False, False, False
+  mc = llama.LlamaConfig.tiny(vocab_size=TOK.vocab_size)
+  pipe = ip.InputPipeline(examples, TOK, batch_size=8, seq_len=192, seed=0, mode="bucket")
+  res = train.fit(model_config=mc, params=llama.init_params(mc, jax.random.PRNGKey(0)), train_config=c.train,
+                  mesh=shd.make_mesh(c.mesh, jax.devices()[:1]), rules=c.mesh.logical_axis_rules, pipeline=pipe,
+                  workdir=tmp_path, stage=stage)
+  return [r["loss"] for r in res.history]
+
+
+@pytest.fixture(scope="module")
+def stabletoolbench(shared_data):
+  ds = data.load_source("stabletoolbench", pathlib.Path(shared_data) / "StableToolBench/solvable_queries/test_instruction")
+  return ds
+
+
+def test_memorization_and_retrieval_losses_decrease(stabletoolbench, tmp_path):
+  ds = stabletoolbench
+  cb = toy_codebook(len(ds.corpus), LEVELS, SIZE)
+  queries = [q for q in ds.queries if q.group == "I1"][:24]
+  tools = sorted({t for q in queries for t in q.relevant})
+  mem = stages.memorization_examples(ds.corpus, cb, TOK, max_chars=160, tool_ids=tools)
+  ret = stages.retrieval_examples(queries, cb, TOK)
+  assert len(mem) == len(tools) and len(ret) == sum(len(q.relevant) for q in queries)
+  for name, ex in (("memorization", mem), ("retrieval", ret)):
+    losses = _fit(ex, tmp_path / name, name)
+    assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), (name, losses)
+
+
+def test_trajectory_loss_decreases(shared_data, tmp_path):
+  ds = data.load_source("toolbench", pathlib.Path(shared_data) / "ToolBench/data_example")
+  cb = toy_codebook(len(ds.corpus) + 1, LEVELS, SIZE)
+  ex = stages.trajectory_examples(ds.trajectories, ds.corpus, cb, TOK, finish_id=len(ds.corpus))
+  assert len(ex) == len(ds.trajectories) > 5
+  losses = _fit(ex, tmp_path, "trajectory")
+  assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), losses

@@ -1,0 +1,88 @@
+"""The trained model as a retriever: query -> chat prompt -> trie-constrained beam search -> ranked distinct tools.
+
+The prompt is rendered exactly as the retrieval stage renders it for training (the tokenizer's chat template with a
+single user turn and the generation prompt), so the first generated token is the first code token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from toolgen_jax.data.records import Query
+from toolgen_jax.decoding import beam_search as bs
+from toolgen_jax.decoding import constrained
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.training import input_pipeline
+from toolgen_jax.training import stages
+
+
+def prompt_ids(tokenizer: Any, text: str, max_prompt_tokens: int = 0) -> list[int]:
+  """Token ids of the retrieval prompt for `text`. A long query is cut from the left of its *text* (the template's
+  head and generation prompt are kept), so the model still sees where the codes start."""
+  ids = input_pipeline.encode_text(tokenizer, stages._template(tokenizer, [{"role": "user", "content": text}], True))
+  if max_prompt_tokens and len(ids) > max_prompt_tokens:
+    keep_tail = max_prompt_tokens - 8
+    ids = ids[:8] + ids[-keep_tail:]
+  return ids
+
+
+PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclasses.dataclass
+class GenerativeRetriever:
+  """`toolgen_jax.evaluation.retriever.Retriever` over a trained model (params, config, tokenizer, trie)."""
+
+  params: Any
+  model_config: Any
+  tokenizer: Any
+  trie: trie_lib.Trie
+  beam_size: int = 5
+  batch_size: int = 8
+  alpha: float = 0.0
+  max_prompt_tokens: int = 256
+  progress: bool = True
+  name: str = "generative"
+
+  def __post_init__(self):
+    self._device_trie = self.trie.device()
+    self._num_tools = int(np.max(self.trie.tool_ids)) + 1 if len(self.trie.tool_ids) else 0
+
+  def rank(self, queries: Sequence[Query], k: int, candidates: Sequence[tuple[int, ...] | None] | None = None
+           ) -> list[list[int]]:
+    """Top-k distinct tools per query (k <= beam_size: the beam is the ranked list)."""
+    if candidates is None:
+      candidates = [None] * len(queries)
+    beam = max(self.beam_size, k)
+    pad = self.tokenizer.pad_id if getattr(self.tokenizer, "pad_id", None) is not None else 0
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i].text))  # similar lengths share a program
+    results: dict[int, list[int]] = {}
+    it = range(0, len(order), self.batch_size)
+    for start in tqdm(it, desc=f"{self.name} retrieval", disable=not self.progress, leave=False):
+      idx = order[start:start + self.batch_size]
+      prompts = [prompt_ids(self.tokenizer, queries[i].text, self.max_prompt_tokens) for i in idx]
+      while len(prompts) < self.batch_size:  # one static batch shape
+        prompts.append(prompts[-1])
+      longest = max(len(p) for p in prompts)
+      bucket = next((b for b in PROMPT_BUCKETS if b >= longest), -(-longest // 256) * 256)
+      tokens, mask = constrained.left_pad(prompts, pad, multiple=bucket)  # few shapes -> few compilations
+      tool_mask = None
+      if any(candidates[i] is not None for i in idx):
+        tool_mask = np.ones((self.batch_size, self._num_tools), bool)
+        for row, i in enumerate(idx):
+          if candidates[i] is not None:
+            ids = [t for t in candidates[i] if t < self._num_tools]  # tools beyond the trie cannot be generated
+            tool_mask[row] = trie_lib.tool_mask_from_ids([ids], self._num_tools)[0]
+        tool_mask = jnp.asarray(tool_mask)
+      res = constrained.retrieve(self.params, self.model_config, jnp.asarray(tokens), jnp.asarray(mask),
+                                 self._device_trie, beam_size=beam, alpha=self.alpha, tool_mask=tool_mask)
+      ranked = bs.ranked_tools(res, k)
+      for row, i in enumerate(idx):
+        results[i] = [int(t) for t in ranked[row] if t >= 0][:k]
+    out = [results[i] for i in range(len(queries))]
+    return out
