@@ -100,3 +100,32 @@ def smollm2_tokenizer():
   """A fresh Tokenizer each call (add_tokens mutates it); fast after the first build thanks to the cache."""
   from toolgen_jax.models.tokenizer import load_tokenizer
   return load_tokenizer("smollm2")
+
+
+def smollm2_torch_greedy(prompt: np.ndarray, steps: int) -> np.ndarray:
+  """transformers' greedy continuation of `prompt` (cached next to the reference weights: ~15 CPU-s per run)."""
+  import hashlib
+  import json
+  import os
+  import pathlib
+  import torch
+  from toolgen_jax import assets
+  p = assets.smollm2_gguf()
+  st = p.stat()
+  key = hashlib.sha1(f"{p}|{st.st_size}|{int(st.st_mtime)}|{prompt.tolist()}|{steps}".encode()).hexdigest()[:16]
+  f = pathlib.Path(os.environ.get("TOOLGEN_CACHE", pathlib.Path.home() / ".cache" / "toolgen_jax")) / "ref" / \
+      f"smollm2_greedy_{key}.json"
+  if f.exists():
+    return np.array(json.loads(f.read_text()))
+  model = smollm2_torch()
+  ids = torch.from_numpy(prompt).long()
+  with torch.no_grad():
+    gen = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                         attention_mask=torch.ones_like(ids))
+  out = gen[0, prompt.shape[1]:].numpy()
+  try:
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(out.tolist()))
+  except OSError:
+    pass
+  return out

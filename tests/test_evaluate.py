@@ -38,8 +38,8 @@ def files(tmp_path):
       ("give me a stock quote for ACME", [f[0]], f + w[:1])])
   _write_stb(tmp_path / "b" / "G2_instruction.json", [("find a recipe search and nutrition facts", food, food + f)])
   # Tools only (an unseen-tool file): queries are ignored, its tools join the corpus.
-  _write_stb(tmp_path / "c" / "G3_instruction.json", [("x", [("Music", "TuneTool", "lyrics")],
-                                                      [("Music", "TuneTool", "lyrics"), ("Music", "TuneTool", "charts")])])
+  music = [("Music", "TuneTool", "lyrics"), ("Music", "TuneTool", "charts")]
+  _write_stb(tmp_path / "c" / "G3_instruction.json", [("x", music[:1], music)])
   return tmp_path
 
 
@@ -70,7 +70,7 @@ def test_run_bm25_report(files, tmp_path):
   a = rep["files"]["stabletoolbench:a"]["methods"]["bm25"]
   assert set(a) >= {"multi-domain", "in-domain", "skipped"}
   cell = a["multi-domain"]["test"]["I1"]
-  assert {"ndcg@1", "ndcg@3", "ndcg@5", "recall@5", "n"} <= set(cell) and cell["n"] == 2
+  assert {"ndcg@1", "ndcg@3", "ndcg@5", "recall@1", "recall@3", "recall@5", "n"} <= set(cell) and cell["n"] == 2
   assert cell["ndcg@1"] == 1.0  # the words match: BM25 gets both queries' first tool right
   b = rep["files"]["stabletoolbench:b"]["methods"]["bm25"]["in-domain"]["all"]["I2"]
   assert b["recall@5"] == 1.0
@@ -155,3 +155,11 @@ def test_perplexity_flag(files, tmp_path, monkeypatch):
   assert calls == [("smollm2", 256)]
   assert rep["perplexity"]["base (smollm2)"]["perplexity"] == 9.5
   assert "| base (smollm2) | 9.500 | 10 |" in (tmp_path / "wd" / "evaluate" / "report.md").read_text()
+
+
+def test_load_config_overlays_the_workdir(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"eval": {"ks": [1, 3], "bm25_method": "robertson", "zz": 1},
+                                                    "model": {"checkpoint": "/ckpt"}}))
+  c = evaluate.load_config(tmp_path)
+  assert c.eval.ks == (1, 3) and c.eval.bm25_method == "robertson" and c.model.checkpoint == "/ckpt"
+  assert c.eval.depth == 100  # untouched defaults stay

@@ -95,6 +95,7 @@ def test_flax_llama_logits_fn_matches_forward():
   ids = np.random.default_rng(0).integers(0, 64, size=40)
   got = perplexity.perplexity(perplexity.llama_logits_fn(params, cfg), ids, window=40, stride=40, batch_size=1)
   logits = np.asarray(llama.forward(params, cfg, ids[None].astype(np.int32))[0][0], np.float64)
-  lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+  m = logits.max(-1, keepdims=True)
+  lp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
   want = np.exp(-np.mean(lp[np.arange(39), ids[1:]]))
   assert got["perplexity"] == pytest.approx(want, rel=1e-5)

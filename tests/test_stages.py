@@ -159,3 +159,31 @@ def test_trajectory_loss_decreases(shared_data, tmp_path):
   assert len(ex) == len(ds.trajectories) > 5
   losses = _fit(ex, tmp_path, "trajectory")
   assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), losses
+
+
+def test_run_stages_chains_stages_and_skips_finished_ones(stabletoolbench, tmp_path):
+  import dataclasses
+  import types
+  ds = stabletoolbench
+  queries = [dataclasses.replace(q, split="train") for q in ds.queries if q.group == "I1"][:8]
+  tools = sorted({t for q in queries for t in q.relevant})
+  corpus = data.ToolCorpus(ds.corpus[t] for t in tools)
+  remap = {t: i for i, t in enumerate(tools)}
+  queries = [dataclasses.replace(q, relevant=tuple(remap[t] for t in q.relevant)) for q in queries]
+  dset = types.SimpleNamespace(corpus=corpus, queries=queries, trajectories=[])
+  c = config_lib.base_config()
+  c.train.stages, c.train.steps, c.train.batch_size, c.train.seq_len = ("memorization", "retrieval"), 3, 4, 96
+  c.train.progress_bar, c.train.tensorboard, c.train.async_checkpoint, c.train.learning_rate = False, False, False, 1e-3
+  c.data.doc_max_chars = 120
+  mc = llama.LlamaConfig.tiny(vocab_size=TOK.vocab_size)
+  p0 = llama.init_params(mc, jax.random.PRNGKey(0))
+  kw = dict(model_config=mc, tokenizer=TOK, dataset=dset, codebook=toy_codebook(len(corpus), LEVELS, SIZE),
+            workdir=str(tmp_path), mesh=shd.make_mesh(c.mesh, jax.devices()[:1]))
+  params, _, res = stages.run_stages(c, params=p0, **kw)
+  assert list(res) == ["memorization", "retrieval"]
+  assert res["retrieval"].history[0]["step"] == 1 and res["memorization"].resumed_from is None
+  assert not np.allclose(params["embed"]["embedding"], p0["embed"]["embedding"])
+  # A re-run finds both stages finished and returns the same params without training.
+  params2, _, res2 = stages.run_stages(c, params=p0, **kw)
+  assert res2["retrieval"].resumed_from == 3 and res2["retrieval"].history == []
+  np.testing.assert_array_equal(params2["embed"]["embedding"], params["embed"]["embedding"])

@@ -148,14 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = -1         # cut the test queries (smoke runs); -1 = all
   c.eval.train_queries = 0        # also score this many training queries (seen tools): tells memorisation apart
                                   # from generalisation when the model trails the baselines on test
-  c.eval.recall_ks = (5,)         # Recall@k cut-offs reported next to NDCG@ks
-  c.eval.depth = 100              # tools a baseline retrieves per query; the peers' toolgen_ndcg@k counts these (ToolGen: 100)
+  c.eval.recall_ks = (5,)         # Recall@k cut-offs reported besides recall@k for k in ks
+  c.eval.depth = 100              # tools a baseline retrieves per query; toolgen_ndcg@k counts these (ToolGen: 100)
   c.eval.split = "auto"           # query split `evaluate` scores: auto (test, else eval, else all) | "" (all) | a name
   c.eval.bm25_method = "lucene"   # bm25s scorer: lucene | robertson | atire | bm25l | bm25+
   c.eval.bm25_k1 = 1.5
   c.eval.bm25_b = 0.75
   c.eval.bm25_analyzer = "words"  # words (\w\w+, English stop words) | nltk (words + punctuation, ToolGen-like)
-  c.eval.perplexity_tokens = 4096  # fixed slice of the held-out text (pydoc_data prose)
   c.eval.perplexity_window = 256
   c.eval.perplexity_stride = 128
 

@@ -100,7 +100,7 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / "config.json"
   if path.exists():
     saved = json.loads(path.read_text())
-    for section in ("data", "encoder", "eval"):
+    for section in ("data", "model", "encoder", "eval"):
       for key, value in saved.get(section, {}).items():
         if key in c[section]:
           default = c[section][key]
@@ -227,7 +227,8 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
       if name == "bm25" and universe is not None:
         r = bm25_retriever(documents, config, universe)
       baseline = name in BASELINES  # cheap per query: one call (the encoder batches itself)
-      results[name] = harness.evaluate(r, qs, ks=tuple(config.eval.ks), recall_ks=tuple(config.eval.recall_ks),
+      results[name] = harness.evaluate(r, qs, ks=tuple(config.eval.ks),
+                                       recall_ks=tuple(config.eval.ks) + tuple(config.eval.recall_ks),
                                        settings=settings, depth=config.eval.depth if baseline else None,
                                        batch_size=None if baseline else config.eval.batch_size,
                                        progress=f"{label} {name}", universe=universe)
@@ -265,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     rep = run(a.workdir, a.queries, add_tools_from=a.add_tools_from, settings=settings, methods=methods,
               split=a.split, out_dir=a.out, corpus=a.corpus, perplexity=a.perplexity)
-  except (NoTrainedModelError, DataError, ValueError) as e:
+  except (NoTrainedModelError, DataError, ValueError, NotImplementedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(pathlib.Path(rep["paths"]["markdown"]).read_text())

@@ -95,6 +95,18 @@ def _token_logprobs(params, config: llama.LlamaConfig, tokens: jax.Array, mask: 
   return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
 
 
+def _relabel(trie: trie_lib.Trie, old: int, new: int) -> trie_lib.Trie:
+  """The same trie with tool `old` renamed `new` (rebuilt: `Trie.remove` would retire the id `old` for good)."""
+  codes = np.where(trie.codes == trie.num_codes, -1, trie.codes) if trie.end_token is not None else trie.codes
+  keep = ~np.isin(trie.tool_ids, np.fromiter(trie.removed, np.int64, len(trie.removed)))
+  ids = np.where(trie.tool_ids == old, new, trie.tool_ids)[keep]
+  codes = codes[keep]
+  codes = codes[:, :max(int((codes >= 0).sum(1).max(initial=1)), 1)]  # drop the emptied END column
+  return trie_lib.Trie.build(codes, ids, code_tokens=trie.code_tokens[:, :trie.num_codes],
+                             num_codes=trie.num_codes, end_token=trie.end_token,
+                             dense_budget_bytes=trie.dense_budget_bytes, removed=trie.removed)
+
+
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
@@ -136,11 +148,8 @@ class ModelPolicy(Policy):
     trie = self.trie
     finish_id = self.finish_id
     if finish_id in new_ids:
-      tok = trie.tokens_of([finish_id])
-      fin = trie.token_to_code(tok)[0]
-      fin = fin[(fin >= 0) & (fin < trie.num_codes)]
       finish_id = max(max(new_ids), int(trie.tool_ids.max())) + 1
-      trie = trie.remove([self.finish_id]).add(fin[None], [finish_id])
+      trie = _relabel(trie, self.finish_id, finish_id)
     if new_ids:
       trie = trie.add(codes[new_rows], new_ids)  # raises (corpus untouched) if the codes clash
       for i in new_rows:

@@ -158,11 +158,12 @@ def checkpoint_perplexity(checkpoint: str = "smollm2", eval_config=None, **overr
   return out
 
 
-if __name__ == "__main__":  # python -m toolgen_jax.evaluation.perplexity [CHECKPOINT]  (default smollm2)
+if __name__ == "__main__":  # python -m toolgen_jax.evaluation.perplexity [CHECKPOINT [N_TOKENS]]
   import json
   import sys
 
   from toolgen_jax import config as config_lib
 
+  extra = {"n_tokens": int(sys.argv[2])} if len(sys.argv) > 2 else {}
   print(json.dumps(checkpoint_perplexity(sys.argv[1] if len(sys.argv) > 1 else "smollm2",
-                                         config_lib.base_config().eval)))
+                                         config_lib.base_config().eval, **extra)))

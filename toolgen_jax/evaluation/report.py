@@ -85,7 +85,8 @@ def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str
     out.append("|---|---:|---|---|---|")
     fmt = lambda xs, f: " / ".join(f.format(x) for x in xs)
     for name, c in report["codebook"].items():
-      out.append(f"| {name} | {c.get('collision_rate', float('nan')):.4f} | {fmt(c.get('utilisation', []), '{:.3f}')} | "
+      rate = c.get("collision_rate", float("nan"))
+      out.append(f"| {name} | {rate:.4f} | {fmt(c.get('utilisation', []), '{:.3f}')} | "
                  f"{fmt(c.get('perplexity', []), '{:.1f}')} | {fmt(c.get('tools_per_prefix', []), '{:.2f}')} |")
     out.append("")
   return "\n".join(out)
