@@ -154,7 +154,7 @@ def _train_sequences(policy):
   return seqs
 
 
-def test_briefly_trained_model_runs_its_episodes_to_finish(config):
+def test_briefly_trained_model_runs_its_episode_to_finish(config):
   params = llama.init_params(config, jax.random.PRNGKey(2))
   policy = make_policy(params, config)
   seqs = _train_sequences(policy)[:1]  # the weather episode (~750 byte tokens) keeps the CPU cost down

@@ -27,7 +27,7 @@ from toolgen_jax import config as config_lib
 from toolgen_jax.data.records import DataError, Query
 
 WORKDIR_DATASET = "dataset"   # ToolDataset.save() folder of the corpus the model was trained on
-WORKDIR_MODEL = "checkpoints"  # what marks a workdir as trained (written by the training stage)
+WORKDIR_MODEL = "model"  # what marks a workdir as trained (pipeline.save_trained: config, tokenizer, params)
 BASELINES = ("bm25", "embedding")
 
 
@@ -109,7 +109,7 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def has_trained_model(workdir: pathlib.Path) -> bool:
-  return (workdir / WORKDIR_MODEL).is_dir() and any((workdir / WORKDIR_MODEL).iterdir())
+  return (workdir / WORKDIR_MODEL / "params").is_dir()
 
 
 def load_model_retriever(workdir: pathlib.Path, corpus, config: ml_collections.ConfigDict):
@@ -122,7 +122,15 @@ def load_model_retriever(workdir: pathlib.Path, corpus, config: ml_collections.C
     raise NoTrainedModelError(
         f"{workdir} has no trained model ({WORKDIR_MODEL}/ is missing or empty): run `python -m toolgen_jax.main "
         f"--config=... --workdir={workdir}` first, or evaluate the baselines only with --methods=bm25,embedding")
-  raise NotImplementedError("loading the generative retriever from a workdir is wired by the pipeline (issue #7)")
+  from toolgen_jax import pipeline
+  trained = pipeline.load_trained(workdir)
+  known = len(trained.codebook.codes)
+  new = [t for t in corpus if t.id >= known]  # workdir tools come first in the merged corpus, keeping their ids
+  if new:
+    rep = trained.add_tools(new)
+    print(f"[evaluate] coded {len(new)} new tools with the frozen encoder + quantiser "
+          f"(collision rate {rep.collision_rate:.3f}, moved {int(rep.moved.sum())})")
+  return trained.retriever()
 
 
 def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_from: Sequence[str]):

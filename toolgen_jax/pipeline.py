@@ -259,9 +259,109 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
     hist = res.history
     if hist:
       _say(f"[train:{stage}] loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+  save_trained(wd, model, params)
   wd.mark("train", stages=list(config.train.stages))
   del llama
   return params
+
+
+# ---- the trained model as an artifact ----------------------------------------------------------------------------
+
+def save_trained(wd: Workdir, model: Model, params) -> pathlib.Path:
+  """workdir/model/: the extended model's LlamaConfig, its tokenizer (with the tool tokens) and the final params, so
+  evaluation, chat and serving load the trained model without the pretrained checkpoint."""
+  import orbax.checkpoint as ocp
+  out = wd / "model"
+  out.mkdir(exist_ok=True)
+  (out / "llama_config.json").write_text(json.dumps(dataclasses.asdict(model.config), indent=2, default=_jsonable))
+  (out / "model.json").write_text(json.dumps({"new_token_start": model.new_token_start}))
+  model.tokenizer.save(out / "tokenizer")
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save((out / "params").absolute(), jax.device_get(params), force=True)
+  ckpt.wait_until_finished()
+  return out
+
+
+def _jsonable(o):
+  if isinstance(o, dict):
+    return dict(o)
+  return str(o)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The resolved config a workdir was run with (config.json), over today's defaults for fields it lacks."""
+  from toolgen_jax import config as config_lib
+  c = config_lib.base_config()
+  saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+
+  def fill(node, d):
+    for k, v in d.items():
+      if k not in node:
+        continue
+      if isinstance(node[k], ml_collections.ConfigDict):
+        fill(node[k], v)
+      else:
+        node[k] = tuple(v) if isinstance(node[k], tuple) and isinstance(v, list) else v
+
+  fill(c, saved)
+  return c
+
+
+@dataclasses.dataclass
+class Trained:
+  config: ml_collections.ConfigDict
+  dataset: Any
+  codebook: Any
+  model: Model          # model.params = the trained params
+
+  def retriever(self, **kw):
+    from toolgen_jax.generative import GenerativeRetriever
+    c = self.config
+    kw = dict(beam_size=int(c.decode.beam_size), batch_size=int(c.eval.batch_size),
+              alpha=float(c.decode.length_normalization), name=c.codebook.method) | kw
+    return GenerativeRetriever(self.model.params, self.model.config, self.model.tokenizer,
+                               build_trie(c, self.codebook, self.model.tokenizer), **kw)
+
+  def add_tools(self, tools) -> Any:
+    """Codes tools the model has never seen from their documents alone (frozen encoder + quantiser; Toolscaler
+    Algorithm 1) and adds any new code tokens to the model. Returns the codebook's AddReport."""
+    from toolgen_jax.codebook import embed
+    from toolgen_jax.data.documents import tool_document
+    from toolgen_jax.models import vocab as vocab_lib
+    tools = list(tools)
+    docs = [tool_document(t, self.config.data.doc_template, self.config.data.doc_max_chars) for t in tools]
+    enc = embed.load_encoder(self.config.encoder.path or self.config.encoder.kind)
+    x = enc.encode(docs, batch_size=int(self.config.encoder.batch_size), max_len=int(self.config.encoder.max_len))
+    report = self.codebook.add_tools(embeddings=x, names=[t.name for t in tools])
+    missing = [t for t in self.codebook.tokens() if self.model.tokenizer.token_to_id(t) is None]
+    if missing:
+      params, mcfg, tok = vocab_lib.extend_vocab(self.model.params, self.model.config, self.model.tokenizer, missing,
+                                                 "random", rng=int(self.config.seed))
+      self.model = dataclasses.replace(self.model, params=params, config=mcfg, tokenizer=tok)
+    return report
+
+
+def load_trained(workdir) -> Trained:
+  """Config, dataset, codebook and trained model of a finished workdir (raises FileNotFoundError otherwise)."""
+  import orbax.checkpoint as ocp
+  from toolgen_jax import data
+  from toolgen_jax.codebook import codebook as cb_lib
+  from toolgen_jax.models import llama
+  from toolgen_jax.models import tokenizer as tok_lib
+  wd = Workdir(pathlib.Path(workdir))
+  mdir = wd / "model"
+  if not (mdir / "params").exists():
+    raise FileNotFoundError(f"{wd.root} holds no trained model ({mdir}/params is missing): run "
+                            f"`python -m toolgen_jax.main --config=... --workdir={wd.root}` first")
+  config = load_config(wd.root)
+  raw = json.loads((mdir / "llama_config.json").read_text())
+  mcfg = llama.LlamaConfig(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in raw.items()})
+  abstract = jax.eval_shape(lambda: llama.init_params(mcfg, jax.random.PRNGKey(0)))
+  params = ocp.StandardCheckpointer().restore((mdir / "params").absolute(), abstract)
+  tok = tok_lib.load_tokenizer(mdir / "tokenizer")
+  start = json.loads((mdir / "model.json").read_text())["new_token_start"]
+  return Trained(config=config, dataset=data.load_dataset(wd / "dataset"), codebook=cb_lib.load(wd / "codebook"),
+                 model=Model(config=mcfg, params=params, tokenizer=tok, new_token_start=start))
 
 
 def _stage_steps(config, stage: str, n_examples: int) -> int:
@@ -276,7 +376,6 @@ def _traj_split(t, ds) -> str:
 
 
 def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray) -> dict:
-  from toolgen_jax.evaluation import bm25 as bm25_lib
   from toolgen_jax.evaluation import embedding as emb_lib
   from toolgen_jax.evaluation import harness
   from toolgen_jax.generative import GenerativeRetriever
@@ -295,7 +394,8 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
       batch_size=int(config.eval.batch_size), alpha=float(config.decode.length_normalization),
       name=config.codebook.method)
   if "bm25" in config.eval.baselines:
-    retrievers["bm25"] = bm25_lib.BM25Retriever(docs)
+    from toolgen_jax.evaluate import bm25_retriever
+    retrievers["bm25"] = bm25_retriever(docs, config)
   if "embedding" in config.eval.baselines:
     retrievers["embedding"] = emb_lib.EmbeddingRetriever(doc_embeddings=emb)
   methods = {}

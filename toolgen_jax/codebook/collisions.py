@@ -65,18 +65,32 @@ class CollisionReport:
     return dataclasses.asdict(self)
 
 
-def _sinkhorn_np(cost: np.ndarray, eps: float, iters: int) -> np.ndarray:
-  """Small dense log-domain Sinkhorn (float64, NumPy) for one group; uniform marginals. -> plan [g, k]."""
-  from scipy.special import logsumexp
-  hi, lo = cost.max(), cost.min()
-  c = (cost - (hi + lo) / 2) / (hi - (hi + lo) / 2 + 1e-5)
-  g, k = c.shape
-  lk = -c / eps
-  f, h = np.zeros(g), np.zeros(k)
-  for _ in range(iters):
-    f = -np.log(g) - logsumexp(lk + h[None], axis=1)
-    h = -np.log(k) - logsumexp(lk + f[:, None], axis=0)
-  return lk + f[:, None] + h[None]
+def _lse(x: np.ndarray, axis: int) -> np.ndarray:
+  m = np.max(x, axis=axis, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  with np.errstate(divide="ignore"):
+    return np.squeeze(np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m, axis)
+
+
+def _group_plans(cost: np.ndarray, free: np.ndarray, eps: float, iters: int) -> np.ndarray:
+  """Log-domain Sinkhorn (float64, NumPy) for a batch of equally sized groups. cost [B, g, K], free [B, K] bool ->
+  log plan [B, g, K]; rows uniform 1/g, columns uniform over each group's free codes, taken codes get no mass.
+  Costs are centred to [-1, 1] over the free codes of each group (as `sinkhorn.center_costs`)."""
+  big = np.where(free[:, None, :], cost, np.nan)
+  hi, lo = np.nanmax(big, axis=(1, 2), keepdims=True), np.nanmin(big, axis=(1, 2), keepdims=True)
+  mid = (hi + lo) / 2
+  c = (cost - mid) / (hi - mid + 1e-5)
+  lk = np.where(free[:, None, :], -c / eps, -np.inf)
+  b, g, k = cost.shape
+  log_a = -np.log(g)
+  with np.errstate(divide="ignore"):
+    log_b = np.where(free, -np.log(np.maximum(free.sum(1, keepdims=True), 1)), -np.inf)
+  f, h = np.zeros((b, g)), np.zeros((b, k))
+  with np.errstate(invalid="ignore"):  # taken columns: -inf - -inf, masked out by the where
+    for _ in range(iters):
+      f = log_a - _lse(lk + h[:, None, :], axis=2)
+      h = np.where(free, log_b - _lse(lk + f[:, :, None], axis=1), -np.inf)
+  return lk + f[:, :, None] + h[:, None, :]
 
 
 def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | None, codebook_size: int, *,
@@ -93,40 +107,53 @@ def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | 
   in_coll = int(sum(len(g) for g in groups))
   moved = 0
   if groups and last_costs is not None:
-    # Occupancy of last-level codes under each prefix, by tools outside collision groups and already-resolved ones.
+    # Occupancy of last-level codes under each prefix (all tools); a group may use its own original code.
     prefix_rows = _rows(codes[:, :-1]) if l > 1 else np.zeros(n, np.dtype((np.void, 1)))
     occupied: dict[bytes, set[int]] = {}
-    for i in range(n):
-      occupied.setdefault(prefix_rows[i].tobytes(), set()).add(int(codes[i, -1]))
-    for g in groups:
-      key = prefix_rows[g[0]].tobytes()
+    for key, last in zip(prefix_rows.tolist(), codes[:, -1].tolist()):
+      occupied.setdefault(key, set()).add(last)
+    keys = [prefix_rows[g[0]].tolist() for g in groups]
+    # Plans for all groups at once (batched by group size) from the initial occupancy ...
+    plans: list[np.ndarray | None] = [None] * len(groups)
+    by_size: dict[int, list[int]] = {}
+    for gi, g in enumerate(groups):
+      by_size.setdefault(len(g), []).append(gi)
+    for size, gis in by_size.items():
+      for lo in range(0, len(gis), 256):
+        chunk = gis[lo:lo + 256]
+        free = np.ones((len(chunk), codebook_size), bool)
+        for r, gi in enumerate(chunk):
+          taken = occupied[keys[gi]] - {int(codes[groups[gi][0], -1])}
+          free[r, list(taken)] = False
+        cost = np.stack([np.asarray(last_costs(groups[gi]), np.float64) for gi in chunk])
+        ok = free.any(1)
+        logp = _group_plans(cost, free | ~ok[:, None], epsilon, iters)
+        for r, gi in enumerate(chunk):
+          plans[gi] = logp[r] if ok[r] else None
+    # ... then greedy rounding in group order against the live occupancy: highest plan entries first, one tool
+    # per code, never a code another tool holds by now.
+    for gi, g in enumerate(groups):
+      if plans[gi] is None:
+        continue
+      key = keys[gi]
       original = int(codes[g[0], -1])
       taken = occupied[key] - {original}
-      mask = np.ones(codebook_size, bool)
-      mask[list(taken)] = False
-      free = np.nonzero(mask)[0]
-      if len(free) == 0:
-        continue
-      cost = np.asarray(last_costs(g), np.float64)[:, free]
-      plan = _sinkhorn_np(cost, epsilon, iters)
-      # Greedy rounding: highest plan entries first, one tool per code.
-      order = np.argsort(-plan, axis=None, kind="stable")
+      order = np.argsort(-plans[gi], axis=None, kind="stable")
       rows_done: dict[int, int] = {}
       cols_done: set[int] = set()
       for flat in order:
-        i, j = divmod(int(flat), len(free))
-        if i in rows_done or j in cols_done:
+        i, j = divmod(int(flat), codebook_size)
+        if i in rows_done or j in cols_done or j in taken or not np.isfinite(plans[gi][i, j]):
           continue
-        rows_done[i] = int(free[j])
+        rows_done[i] = j
         cols_done.add(j)
-        if len(rows_done) == min(len(g), len(free)):
+        if len(rows_done) == len(g):
           break
       for i, tool in enumerate(g):
         if i in rows_done:
-          new = rows_done[i]
-          moved += int(new != codes[tool, -1])
-          codes[tool, -1] = new
-          occupied[key].add(new)
+          moved += int(rows_done[i] != codes[tool, -1])
+          codes[tool, -1] = rows_done[i]
+          occupied[key].add(rows_done[i])
   after_sk = collision_rate(codes)
   suffixed = 0
   rest = collision_groups(codes)
