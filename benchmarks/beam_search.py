@@ -1,15 +1,16 @@
 """Constrained beam search: ours (jitted, batched) vs transformers' generate(prefix_allowed_tokens_fn) with a Python
 dict trie (the peers' way: ToolGen / Toolscaler, one query at a time), on the same SmolLM2-135M weights.
 
-  python benchmarks/beam_search.py            # ~15-25 min on the shared 2-core CPU (most of it transformers)
+  python benchmarks/beam_search.py            # ~30 min on the shared 2-core CPU (most of it transformers)
   python benchmarks/beam_search.py --rounds 1 --big 100000   # a quicker look
 
 Setup: the 1,417 distinct StableToolBench APIs (G1-G3 test api_lists) with *synthetic random* code assignments
 (the timing does not depend on which tool gets which code): ToolWeaver-style (L=2, K=1024) and Toolscaler-style
 (length 4, K=512). 2,048 new code tokens are appended to SmolLM2's vocabulary with random rows (same rows in both
 models; the embeddings are tied so they are output rows too). 8 G1 queries in SmolLM2's chat template, beam 5.
-Timings alternate between the contenders in every round; figures are medians over rounds, after a warm-up call
-(jit compilation and torch's first call excluded). The last line is the JSON summary.
+Timings alternate between the contenders in every round (transformers once, ours `--repeats` times); ratios are
+medians over rounds of the per-round ratios, after a warm-up call (jit compilation and torch's first call
+excluded); `medians_s` holds the raw medians. The last line is the JSON summary.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main():
   ap.add_argument("--queries", type=int, default=8)
   ap.add_argument("--beam", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--repeats", type=int, default=3, help="calls of each of our jobs per round")
   ap.add_argument("--big", type=int, default=1_000_000, help="synthetic code sequences for the growth figure")
   ap.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = ap.parse_args()
@@ -205,12 +207,21 @@ def main():
       fn = lambda name=key[3:]: transformers_generate(name, 1)
     sec, outputs[key] = timed(fn)
     log(f"warm-up {key}: {sec:.2f}s")
+  # Each round: every transformers job once, every job of ours `repeats` times, in a fixed interleaved order;
+  # ratios are medians of per-round (paired) ratios, which cancel most of the drift of a shared machine's load.
   for r in range(args.rounds):
     for key, fn in jobs.items():
-      sec, outputs[key] = timed(fn)
-      times[key].append(sec)
+      for _ in range(1 if key.startswith("hf/") else args.repeats):
+        sec, outputs[key] = timed(fn)
+        times[key].append(sec)
     log(f"round {r}: " + ", ".join(f"{k}={v[-1]:.3f}" for k, v in times.items()))
   med = {k: statistics.median(v) for k, v in times.items()}
+
+  def paired(a, b):  # median over rounds of (round mean of a) / (round mean of b)
+    def per_round(k):
+      n = len(times[k]) // args.rounds
+      return [statistics.mean(times[k][i * n:(i + 1) * n]) for i in range(args.rounds)]
+    return statistics.median(x / y for x, y in zip(per_round(a), per_round(b)))
 
   per_setting = {}
   for name, (length, _) in settings.items():
@@ -219,8 +230,9 @@ def main():
     per_setting[name] = {
         "hf_s": med[f"hf/{name}"], "ours_s": med[f"ours/{name}"],
         "ours_unconstrained_s": med[f"ours_unconstrained/L{length}"],
-        "speedup_vs_transformers": med[f"hf/{name}"] / med[f"ours/{name}"],
-        "constrained_over_unconstrained": med[f"ours/{name}"] / med[f"ours_unconstrained/L{length}"],
+        "speedup_vs_transformers": paired(f"hf/{name}", f"ours/{name}"),
+        "constrained_over_unconstrained": paired(f"ours/{name}", f"ours_unconstrained/L{length}"),
+        "speedup_of_medians": med[f"hf/{name}"] / med[f"ours/{name}"],
         "top1_agreement_with_transformers": float(np.mean(ours_ids[:, 0] == hf_ids[:, 0])),
         "top5_set_agreement_with_transformers": float(np.mean(
             [set(a) == set(b) for a, b in zip(ours_ids.tolist(), hf_ids.tolist())])),
@@ -232,8 +244,8 @@ def main():
       "tools": n_tools, "rounds": args.rounds, "codes": "synthetic random assignments (timing only)",
       "speedup_vs_transformers": min(s["speedup_vs_transformers"] for s in per_setting.values()),
       "constrained_over_unconstrained": max(s["constrained_over_unconstrained"] for s in per_setting.values()),
-      "latency_growth_1k_to_1m": med[f"ours/synthetic_{args.big}"] / med["ours/synthetic_1000"],
-      "search_only_growth_1k_to_1m": med[f"search_only/synthetic_{args.big}"] / med["search_only/synthetic_1000"],
+      "latency_growth_1k_to_1m": paired(f"ours/synthetic_{args.big}", "ours/synthetic_1000"),
+      "search_only_growth_1k_to_1m": paired(f"search_only/synthetic_{args.big}", "search_only/synthetic_1000"),
       "search_only_ms_1k": 1e3 * med["search_only/synthetic_1000"],
       f"search_only_ms_{args.big}": 1e3 * med[f"search_only/synthetic_{args.big}"],
       "trie_bytes_per_tool_47k": bytes47["bytes_per_tool"], "trie_mb_47k": bytes47["device_bytes"] / 2**20,

@@ -86,6 +86,12 @@ def test_untrained_model_can_only_produce_allowed_tools(config):
     assert got == allowed, (cands, fin, got)  # beam 4 >= allowed: all of them, nothing else
     assert all(np.isfinite(c.score) for c in ranked)
     assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+  # a model without a Finish code (not agent-tuned): tools only, and Finish is the one legal action when none is left
+  nofin = ModelPolicy(params, config, CodeAwareCodec(), make_trie().remove([FINISH]), CORPUS, finish_id=None,
+                      beam_size=4, system_prompt="agent", pad_multiple=256)
+  assert {c.tool for c in nofin.choose_tool(history, "t", None, k=4)} == {0, 1, 2}
+  assert [c.tool for c in nofin.choose_tool(history, "t", [], k=4)] == [None]
+  assert nofin.action_text(Message("assistant", action=None, action_name="Finish")) == "Finish"
   # arguments built from the schema parse and validate even from random weights
   text = policy.arguments(history, "t", CORPUS[0])
   assert set(loop.schema_lib.check_arguments(text, CITY)) == {"city"}

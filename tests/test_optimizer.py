@@ -1,7 +1,6 @@
 """Schedule, clipping, weight-decay and trainable masks of the AdamW chain."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

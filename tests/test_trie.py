@@ -150,6 +150,7 @@ def test_memory_at_47k_tools():
   codes = np.unique(rng.integers(0, 512, (47_500, 4)), axis=0)
   t = Trie.build(codes, code_tokens=trie_lib.level_token_table(49152, 4, 512))
   nb = t.nbytes()
+  assert nb["device_bytes"] == t.device().nbytes  # what the search holds on device
   assert nb["device_bytes"] < 64 * 2**20
   assert nb["bytes_per_tool"] < 100
   assert nb["dense_depths"] >= 1  # the root; depth 1 branches < K/2 at 47k tools, so it is CSR

@@ -130,6 +130,7 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
   cb = cb_lib.build(config.codebook, emb, [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
                     encoder={"kind": config.encoder.kind, "path": config.encoder.path}, progress=True, **kw)
   cb.save(path)
+  codebook_plots(cb, ds, path)
   rep = {k: v for k, v in cb.collision_report.items() if np.isscalar(v)}
   wd.mark("codebook", seconds=round(time.perf_counter() - t0, 1), method=cb.method, levels=cb.num_levels,
           level_sizes=cb.level_sizes, new_tokens=len(cb.tokens()), **rep)
@@ -137,6 +138,21 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
   _say(f"[codebook] {cb.method}: {cb.num_tools} tools -> {cb.num_levels} levels {cb.level_sizes}, "
        f"{len(cb.tokens())} new tokens, collisions {rep} ({time.perf_counter() - t0:.0f}s) -> {path}")
   return cb
+
+
+def codebook_plots(cb, ds, path: pathlib.Path) -> dict:
+  """stats.json + code_usage.png next to the codebook (utilisation, perplexity, prefix sharing of co-used tools)."""
+  from toolgen_jax.codebook import stats
+  codes = cb.codes[cb.active]
+  out = {}
+  if cb.level_sizes:
+    out = stats.code_stats(codes, cb.level_sizes)
+    stats.plot_code_usage(codes, cb.level_sizes, path / "code_usage.png", title=f"{cb.method} code usage")
+  edges, w = ds.cooccurrence.edges()
+  if len(edges):
+    out["cooccurring_prefix_sharing"] = stats.edge_prefix_sharing(cb.codes, edges, w)
+  (path / "stats.json").write_text(json.dumps(out, indent=2, default=float))
+  return out
 
 
 def end_of_turn_id(tok) -> int:
@@ -444,8 +460,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = {"files": {f"{config.data.source}": {
       "path": str(config.data.path or config.data.source), "n_queries": result["queries"],
       "methods": result["methods"]}},
-      "meta": {"config": config.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
-               "codebook": wd.status().get("codebook", {})}}
+      "meta": {"seconds": round(time.perf_counter() - t0, 1), "codebook": wd.status().get("codebook", {})}}
+  stats_path = wd / "codebook" / "stats.json"
+  if stats_path.exists():
+    report["codebook"] = {config.codebook.method: json.loads(stats_path.read_text())}
   if config.eval.perplexity:
     report["perplexity"] = language_preservation(config, model, model.params, params)
   paths = report_lib.write_report(report, wd.root)

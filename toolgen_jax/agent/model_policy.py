@@ -49,9 +49,10 @@ class TextCodec(Protocol):
 class HFCodec:
   """`TextCodec` over a Hugging Face (fast) tokenizer with a chat template."""
 
-  def __init__(self, tokenizer: Any):
+  def __init__(self, tokenizer: Any, eos_id: int | None = None):
     self.tok = tokenizer
-    self.eos_id = int(getattr(tokenizer, "eos_id", None) or tokenizer.eos_token_id)
+    eos = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
+    self.eos_id = int(eos if eos is not None else tokenizer.eos_token_id)  # pass the end-of-turn id for chat models
     pad = getattr(tokenizer, "pad_id", None)
     self.pad_id = int(pad if pad is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                                     else self.eos_id))
@@ -114,16 +115,17 @@ def _round_up(n: int, m: int) -> int:
 class ModelPolicy(Policy):
 
   def __init__(self, params, config: llama.LlamaConfig, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus,
-               *, finish_id: int, beam_size: int = 5, think_max_tokens: int = 96, arguments_max_tokens: int = 128,
+               *, finish_id: int | None, beam_size: int = 5, think_max_tokens: int = 96,
+               arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
                pad_multiple: int = 32):
-    if finish_id not in set(trie.live_tool_ids.tolist()):
+    if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
     self.finish_id, self.beam_size = finish_id, beam_size
     self.think_max_tokens, self.arguments_max_tokens = think_max_tokens, arguments_max_tokens
     self.constrained, self.system_prompt, self.pad_multiple = constrained_arguments, system_prompt, pad_multiple
-    self.num_tools = int(max(trie.tool_ids.max(), finish_id)) + 1
+    self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
     self._dtrie = trie.device()
 
   def add_tools(self, tools: Sequence[Tool], codes) -> list[int]:
@@ -147,20 +149,25 @@ class ModelPolicy(Policy):
       out.append(tid)
     trie = self.trie
     finish_id = self.finish_id
-    if finish_id in new_ids:
+    if finish_id is not None and finish_id in new_ids:
       finish_id = max(max(new_ids), int(trie.tool_ids.max())) + 1
       trie = _relabel(trie, self.finish_id, finish_id)
     if new_ids:
       trie = trie.add(codes[new_rows], new_ids)  # raises (corpus untouched) if the codes clash
       for i in new_rows:
         self.corpus.add(tools[i])
-    self.trie, self.finish_id, self._dtrie = trie, finish_id, trie.device()
-    self.num_tools = int(max(trie.tool_ids.max(), finish_id)) + 1
+    self.set_trie(trie, finish_id)
     return out
+
+  def set_trie(self, trie: trie_lib.Trie, finish_id: int | None) -> None:
+    self.trie, self.finish_id, self._dtrie = trie, finish_id, trie.device()
+    self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
 
   # --- rendering -------------------------------------------------------------------------------------------------
 
-  def code_text(self, tool_id: int) -> str:
+  def code_text(self, tool_id: int | None) -> str:
+    if tool_id is None:  # a model without a Finish code (not agent-tuned): Finish is written as the word
+      return "Finish"
     toks = self.trie.tokens_of([tool_id])[0]
     toks = [int(t) for t in toks if t >= 0 and t != self.trie.end_token]
     return self.codec.decode(toks)
@@ -209,8 +216,10 @@ class ModelPolicy(Policy):
     tool_mask = None
     if candidates is not None or not allow_finish:
       ids = list(range(self.num_tools)) if candidates is None else [int(c) for c in candidates]
-      ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id] + ([self.finish_id] if allow_finish
-                                                                                    else [])
+      ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id]
+      ids += [self.finish_id] if allow_finish and self.finish_id is not None else []
+      if not ids:  # nothing to decode: Finish (without a Finish code, the only legal action left) or nothing
+        return [ToolChoice(None, 0.0)] if allow_finish else []
       tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids([ids], self.num_tools))
     res = _retrieve(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), self._dtrie, tool_mask,
                     beam_size=max(k, self.beam_size))
@@ -221,7 +230,7 @@ class ModelPolicy(Policy):
     return out[:k]
 
   def arguments(self, history, thought, tool):
-    tid = self.finish_id if tool.name == fmt.FINISH_TOOL.name and tool.id == fmt.FINISH_TOOL.id else tool.id
+    tid = self.finish_id if tool.id == fmt.FINISH_TOOL.id else tool.id
     prompt = self.codec.chat_text(self._turns(history, "input", thought=thought, tool=tool,
                                               action=self.code_text(tid)))
     if self.constrained:
@@ -275,13 +284,37 @@ def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus:
   return Backend(policy, corpus, executor, name=name, add_tools=add)
 
 
-def load_model_backend(workdir: pathlib.Path):
-  """Loads params + tokenizer + codebook + trie from a trained workdir.
+def load_model_backend(workdir: pathlib.Path, **policy_kw):
+  """The backend of a trained workdir (`pipeline.load_trained`): its model, tokenizer, codebook, trie and corpus.
 
-  Not wired yet: the workdir layout belongs to the training (#6) and codebook (#4) parts, which are being written;
-  build the backend with `model_backend(...)` from those artifacts.
+  Finish: a codebook `finish_id` row (agent-tuned models) is the Finish action; without one the model was not
+  trained to finish, so episodes run to the step limit and the server always answers with a tool call. Unknown
+  request tools are coded by `Trained.add_tools` (frozen encoder + quantiser) and join the trie.
   """
-  raise NotImplementedError(
-      f"loading a trained workdir ({workdir}) into the agent is not wired yet: call "
-      "toolgen_jax.agent.model_policy.model_backend(params, config, codec, trie, corpus, finish_id=...) with the "
-      "workdir's artifacts, or use --workdir=demo")
+  from toolgen_jax import pipeline
+  from toolgen_jax.agent.backend import Backend
+  trained = pipeline.load_trained(workdir)
+  c, cb, m = trained.config, trained.codebook, trained.model
+  trie = pipeline.build_trie(c, cb, m.tokenizer)
+  finish_id = getattr(cb, "finish_id", None)
+  corpus = trained.dataset.corpus
+  kw = dict(beam_size=int(c.decode.beam_size)) | (
+      dict(think_max_tokens=int(c.agent.think_max_tokens), arguments_max_tokens=int(c.agent.arguments_max_tokens),
+           constrained_arguments=bool(c.agent.constrained_arguments)) if "agent" in c else {}) | policy_kw
+  eot = pipeline.end_of_turn_id(m.tokenizer)
+  policy = ModelPolicy(m.params, m.config, HFCodec(m.tokenizer, eos_id=eot), trie, corpus, finish_id=finish_id, **kw)
+
+  def add_tools(tools: Sequence[Tool]) -> list[int]:
+    if len(corpus) != cb.num_tools + (finish_id is not None and finish_id >= len(corpus)):
+      raise RuntimeError(f"corpus ({len(corpus)}) and codebook ({cb.num_tools}) ids diverge; cannot add tools")
+    report = trained.add_tools(tools)  # may extend the vocabulary: refresh the model side
+    ids = [corpus.add(t) for t in tools]
+    if list(map(int, report.ids)) != ids:
+      raise RuntimeError(f"codebook ids {list(map(int, report.ids))} != corpus ids {ids}")
+    mm = trained.model
+    policy.params, policy.config = mm.params, mm.config
+    policy.codec = HFCodec(mm.tokenizer, eos_id=eot)
+    policy.set_trie(pipeline.build_trie(c, cb, mm.tokenizer), policy.finish_id)
+    return ids
+
+  return Backend(policy, corpus, None, name=f"toolgen-{c.codebook.method}", add_tools=add_tools)

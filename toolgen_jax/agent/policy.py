@@ -3,10 +3,11 @@
 A `Policy` answers three questions per step, each a separate generation in the agent format (`format.py`):
   think(history) -> Thought text (free text until a stop string);
   choose_tool(history, thought, candidates) -> ranked tool ids (constrained beam search over the trie of tool codes;
-      `candidates` restricts the trie to those tools — the "GT tools" setting — and Finish is a code like any other);
+      `candidates` restricts the trie to those tools (the "GT tools" setting); Finish is a code like any other);
   arguments(history, thought, tool) -> Action Input text (optionally built from the tool's schema).
-The loop owns validation and execution, so a policy can be wrong but never unsafe. Policies are stateless: whatever
-they need is in `history` (a tuple of `records.Message`), so one policy object serves concurrent requests.
+The loop owns validation and execution, so a policy can be wrong but never unsafe. Policies keep no per-episode
+state: whatever they need is in `history` (a tuple of `records.Message`); backends serialize calls into a policy
+(one model), and `ModelPolicy.add_tools` is the one mutation (under the backend's lock).
 
 `ModelPolicy` (the trained Llama + codebook + trie) lives in `model_policy.py`.
 """

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toolgen_jax.codebook import baselines, collisions
+from toolgen_jax.codebook import kmeans as km
 from toolgen_jax.codebook import residual_kmeans as rkm
 from toolgen_jax.codebook import rqvae
 from toolgen_jax.codebook import pca as pca_lib
@@ -388,8 +389,8 @@ def from_residual_kmeans(config: rkm.ResidualKMeansConfig, x: np.ndarray, *, too
   state, codes = rkm.fit(config, x)
   _, inputs = rkm.encode(state, x)
   last = len(inputs) - 1
-  cb_last = np.asarray(rkm.level_codebook(state, last))
-  costs = lambda ids: ((inputs[last][ids][:, None] - cb_last[None]) ** 2).sum(-1)
+  cb_last = rkm.level_codebook(state, last)
+  costs = lambda ids: np.asarray(km.sq_distances(jnp.asarray(inputs[last][ids]), cb_last))
   codes, report = (collisions.resolve(codes, costs, config.codebook_size) if resolve
                    else (codes, _report_only(codes)))
   quant = _flatten({"pca": {str(i): dataclasses.asdict(p) for i, p in enumerate(state.pca)},

@@ -1,11 +1,11 @@
 """Collisions: every tool must end with its own code sequence (the trie maps a code to exactly one tool).
 
 Resolution, never dropping or merging tools:
-  1. Sinkhorn re-assignment of the last level (ToolWeaver's approach): the members of each colliding group are
-     spread over the last-level codes still free under their shared prefix, by an entropic-OT plan on their
-     last-level distances (centred costs, eps 0.003 as the released code's resolution pass), rounded greedily to
-     distinct codes in decreasing plan probability. Groups are processed in order of their smallest tool id, so
-     the result is deterministic.
+  1. Sinkhorn re-assignment of the last level (ToolWeaver's approach): in each colliding group the member nearest
+     to the shared code keeps it (fewest codes change); the others are spread over the last-level codes still
+     free under their prefix by an entropic-OT plan on their last-level distances (centred costs, eps 0.003 as
+     the released code's resolution pass), rounded greedily to distinct codes in decreasing plan probability.
+     Groups are processed in order of their smallest tool id, so the result is deterministic.
   2. Whatever still collides (a prefix with more tools than last-level codes) gets a disambiguating suffix code:
      one extra level whose value is the member's rank (by tool id) in its group; every other tool has -1 there
      (codes are -1 padded, variable length). Because all tools of a colliding group get a suffix, no code is a
@@ -113,31 +113,37 @@ def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | 
     for key, last in zip(prefix_rows.tolist(), codes[:, -1].tolist()):
       occupied.setdefault(key, set()).add(last)
     keys = [prefix_rows[g[0]].tolist() for g in groups]
-    # Plans for all groups at once (batched by group size) from the initial occupancy ...
+    # The member nearest to the shared code keeps it; the others ("movers") are re-assigned.
+    movers = []
+    all_costs = np.asarray(last_costs(np.concatenate(groups)), np.float64)  # one call for every member
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    for gi, g in enumerate(groups):
+      c = all_costs[bounds[gi]:bounds[gi + 1]]
+      keep = int(np.argmin(c[:, int(codes[g[0], -1])]))
+      movers.append((np.delete(g, keep), np.delete(c, keep, axis=0)))
+    # Plans for all groups at once (batched by mover count) from the initial occupancy ...
     plans: list[np.ndarray | None] = [None] * len(groups)
     by_size: dict[int, list[int]] = {}
-    for gi, g in enumerate(groups):
-      by_size.setdefault(len(g), []).append(gi)
+    for gi, (mv, _) in enumerate(movers):
+      by_size.setdefault(len(mv), []).append(gi)
     for size, gis in by_size.items():
       for lo in range(0, len(gis), 256):
         chunk = gis[lo:lo + 256]
         free = np.ones((len(chunk), codebook_size), bool)
         for r, gi in enumerate(chunk):
-          taken = occupied[keys[gi]] - {int(codes[groups[gi][0], -1])}
-          free[r, list(taken)] = False
-        cost = np.stack([np.asarray(last_costs(groups[gi]), np.float64) for gi in chunk])
+          free[r, list(occupied[keys[gi]])] = False
+        cost = np.stack([movers[gi][1] for gi in chunk])
         ok = free.any(1)
         logp = _group_plans(cost, free | ~ok[:, None], epsilon, iters)
         for r, gi in enumerate(chunk):
           plans[gi] = logp[r] if ok[r] else None
     # ... then greedy rounding in group order against the live occupancy: highest plan entries first, one tool
     # per code, never a code another tool holds by now.
-    for gi, g in enumerate(groups):
+    for gi, (mv, _) in enumerate(movers):
       if plans[gi] is None:
         continue
       key = keys[gi]
-      original = int(codes[g[0], -1])
-      taken = occupied[key] - {original}
+      taken = occupied[key]
       order = np.argsort(-plans[gi], axis=None, kind="stable")
       rows_done: dict[int, int] = {}
       cols_done: set[int] = set()
@@ -147,13 +153,13 @@ def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | 
           continue
         rows_done[i] = j
         cols_done.add(j)
-        if len(rows_done) == len(g):
+        if len(rows_done) == len(mv):
           break
-      for i, tool in enumerate(g):
+      for i, tool in enumerate(mv):
         if i in rows_done:
-          moved += int(rows_done[i] != codes[tool, -1])
+          moved += 1
           codes[tool, -1] = rows_done[i]
-          occupied[key].add(rows_done[i])
+          taken.add(rows_done[i])
   after_sk = collision_rate(codes)
   suffixed = 0
   rest = collision_groups(codes)

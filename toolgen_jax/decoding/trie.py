@@ -361,9 +361,10 @@ class Trie:
 
   def nbytes(self) -> dict:
     """Device bytes of the tables the search reads, and per live tool."""
-    dt = self.device()
+    arrays = [self.code_tokens, self.indptr, self.edge_code, self.node_tool, self.node_parent, self.live]
+    total = int(sum(a.nbytes for a in arrays) + sum(t.nbytes for t in self.dense if t is not None))
     n = max(len(self.live_tool_ids), 1)
-    return {"device_bytes": dt.nbytes, "bytes_per_tool": dt.nbytes / n,
+    return {"device_bytes": total, "bytes_per_tool": total / n,
             "dense_bytes": int(sum(t.nbytes for t in self.dense if t is not None)),
             "num_nodes": self.num_nodes, "dense_depths": sum(t is not None for t in self.dense)}
 

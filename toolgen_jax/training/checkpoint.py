@@ -12,11 +12,9 @@ appears only once fully written, so a run killed mid-save resumes from the previ
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
