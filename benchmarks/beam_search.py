@@ -25,7 +25,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+# Python puts this script's folder first on sys.path, where benchmarks/tokenizers.py would shadow the
+# `tokenizers` package that transformers imports: replace it by the repository root.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -13,14 +13,21 @@ Last stdout line: JSON with forward_ratio and train_step_ratio (< 1 means JAX is
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where sibling scripts (benchmarks/tokenizers.py)
+# would shadow installed packages of the same name: drop it, and add the repo root so no install is needed.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
 import argparse
 import functools
 import json
 import os
 import platform
-import pathlib
 import statistics
-import sys
 import time
 
 import jax
@@ -29,7 +36,6 @@ import numpy as np
 import optax
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from toolgen_jax.models import llama, weights
 
 

@@ -110,9 +110,9 @@ def main(argv=None):
   p.add_argument("--workdir", default=os.environ.get("TOOLGEN_BENCH_WORKDIR", "/tmp/toolgen_codebook_work"))
   p.add_argument("--synthetic", action="store_true")
   p.add_argument("--edges", type=int, default=100_000)
-  p.add_argument("--rqvae_steps", type=int, default=200)
-  p.add_argument("--rqvae_batch", type=int, default=1024)
-  p.add_argument("--edge_batch", type=int, default=512)
+  p.add_argument("--rqvae_steps", type=int, default=300)
+  p.add_argument("--rqvae_batch", type=int, default=512)
+  p.add_argument("--edge_batch", type=int, default=256)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--skip_collab", action="store_true", help="skip the lambda = 0 vs 1 comparison on ToolBench-G3")
   p.add_argument("--plots", default="", help="folder for the stats PNGs ('' = <workdir>/plots)")
@@ -136,7 +136,7 @@ def main(argv=None):
   xs = jnp.asarray(x)
   cents = xs[jax.random.choice(jax.random.key(0), n, (1024,), replace=False)]
   cost = kmeans.sq_distances(xs, cents).block_until_ready()
-  fast = lambda: sinkhorn.sinkhorn_assign(cost, 0.01, 50, absorb_every=10)
+  fast = lambda: sinkhorn.sinkhorn_assign(cost, 0.01, 50, absorb_every=25)
   logd = lambda: sinkhorn.sinkhorn_assign(cost, 0.01, 50, absorb_every=0)
   fast(), logd()
   tf, tl = [], []

@@ -156,3 +156,66 @@ def test_aot_llama3_8b_fsdp8_fits_a_32gb_chip(multi_device):
   # The whole step (state + gradients + activations, 8 microbatches of 64 x 2048) fits a 32 GB chip (TPU v4).
   # FSDP-64 on a 16 GB chip is in benchmarks/sharding_memory.py (10.0 GB/device).
   assert rep["bytes_per_device"] < 32e9, rep
+
+
+_HOST = textwrap.dedent("""
+  import json, os, sys
+  pid, nproc, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // nproc}"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  if nproc > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=nproc, process_id=pid)
+  from _training_helpers import ByteChatTokenizer, code_tokens, toy_examples
+  from toolgen_jax import config as config_lib
+  from toolgen_jax.models import llama
+  from toolgen_jax.training import input_pipeline as ip, sharding as shd, train
+  tok = ByteChatTokenizer(code_tokens(2, 8))
+  c = config_lib.base_config()
+  c.train.learning_rate, c.train.warmup_fraction = 1e-3, 0.0
+  mc = llama.LlamaConfig.tiny(vocab_size=tok.vocab_size)
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 1})
+  steps = train.build_steps(mc, c.train, mesh, c.mesh.logical_axis_rules, total_steps=10)
+  pipe = ip.InputPipeline(toy_examples(32), tok, batch_size=8, seq_len=48, seed=0)
+  st = steps.init(jax.device_put(llama.init_params(mc, jax.random.PRNGKey(0)), steps.state_shardings.params))
+  losses = []
+  for s in range(3):
+    batch = shd.host_local_batch_to_global(pipe.batch(s), mesh, c.mesh.logical_axis_rules)
+    st, m = steps.train(st, batch, jax.random.PRNGKey(0))
+    losses.append(float(m["loss"]))
+  print("RESULT " + json.dumps({"losses": losses, "rows_loaded": pipe.stats["rows"], "encoded": len(pipe._encoded),
+                                "processes": jax.process_count(), "devices": jax.device_count()}), flush=True)
+""")
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_hosts_load_their_own_rows_and_match_one_host():
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+  env.pop("XLA_FLAGS", None)
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, "-c", _HOST, str(i), "2", port], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  single = subprocess.run([sys.executable, "-c", _HOST, "0", "1", "0"], env=env, capture_output=True, text=True,
+                          timeout=600)
+  outs = [p.communicate(timeout=600) for p in procs]
+
+  def result(stdout, stderr):
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+  ref = result(single.stdout, single.stderr)
+  hosts = [result(o, e) for o, e in outs]
+  assert ref["processes"] == 1 and ref["devices"] == 4 and ref["rows_loaded"] == 24
+  for h in hosts:
+    assert h["processes"] == 2 and h["devices"] == 4
+    assert h["rows_loaded"] == 12 and h["encoded"] <= 12   # each host reads only its half of every batch
+    np.testing.assert_allclose(h["losses"], ref["losses"], rtol=0, atol=1e-5)
+  assert abs(ref["losses"][2] - ref["losses"][0]) > 1e-3

@@ -2,7 +2,9 @@
 
 Each line you type is a query; the agent runs its ReAct loop (Thought, Action under the trie, Action Input checked
 against the schema, Observation from the backend's executor) and prints every step, then the final answer. Earlier
-queries stay in the history. `--workdir=demo` runs the model-free demo backend. Commands: /tools, /reset, /quit.
+queries stay in the history. `--workdir=demo` runs the model-free demo backend (local Python tools); a trained
+workdir has no tool implementations of its own: give `--rest_url` (loopback by default) or `--replay` (recorded
+responses), else every call gets an error observation. Commands: /tools, /reset, /quit.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Sequence, TextIO
 
 from toolgen_jax.agent import loop
 from toolgen_jax.agent.backend import Backend, load_backend
-from toolgen_jax.agent.executors import ExecutionResult
+from toolgen_jax.agent.executors import ExecutionResult, ReplayExecutor, RestExecutor
 
 
 def _no_executor(tool, arguments):
@@ -68,9 +70,19 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--max_steps", type=int, default=c.max_steps)
   ap.add_argument("--time_limit_s", type=float, default=c.time_limit_s)
   ap.add_argument("--tools", default="", help="comma-separated tool ids: restrict actions to them (GT-tools setting)")
+  ap.add_argument("--rest_url", default="",
+                  help="run tools over HTTP, e.g. http://127.0.0.1:8080/{tool_name}/{api_name} "
+                  "(hosts limited to agent.allowed_hosts)")
+  ap.add_argument("--replay", default="", help="answer tools from a StableToolBench tool_response_cache folder")
   a = ap.parse_args(argv)
   cands = [int(x) for x in a.tools.split(",") if x.strip()] or None
-  chat(load_backend(a.workdir), sys.stdin, sys.stdout, max_steps=a.max_steps, time_limit_s=a.time_limit_s,
+  backend = load_backend(a.workdir)
+  if a.rest_url:
+    backend.executor = RestExecutor(a.rest_url, allowed_hosts=tuple(c.allowed_hosts), timeout_s=c.tool_timeout_s,
+                                    max_response_bytes=c.max_response_bytes)
+  elif a.replay:
+    backend.executor = ReplayExecutor.from_stabletoolbench_cache(a.replay)
+  chat(backend, sys.stdin, sys.stdout, max_steps=a.max_steps, time_limit_s=a.time_limit_s,
        max_observation_chars=c.max_observation_chars, candidates=cands)
 
 

@@ -271,7 +271,7 @@ class _ModelFiller:
     return self.policy.generate_text(self.prompt + prefix, tokens, stop)[:max_chars]
 
 
-def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus, *, finish_id: int,
+def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus, *, finish_id: int | None,
                   executor=None, name: str = "toolgen", code_tools=None, **policy_kw):
   """A `Backend` around a trained model (the lead wires workdir artifacts into this).
 

@@ -10,7 +10,7 @@ from toolgen_jax.codebook.codebook import (AddReport, Codebook, atomic_token, bu
                                            from_residual_kmeans, from_rqvae, load)
 from toolgen_jax.codebook.collisions import CollisionReport, collision_rate, resolve
 from toolgen_jax.codebook.embed import Encoder, cached_encode, encode_texts, load_encoder
-from toolgen_jax.codebook.kmeans import KMeansResult, kmeans
+from toolgen_jax.codebook.kmeans import KMeansResult
 from toolgen_jax.codebook.residual_kmeans import ResidualKMeansConfig
 from toolgen_jax.codebook.rqvae import CODE_LAMBDA, PAPER_LAMBDA, RQVAEConfig
 from toolgen_jax.codebook.sinkhorn import sinkhorn_assign
