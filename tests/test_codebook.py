@@ -117,3 +117,15 @@ def test_bad_manifest(tmp_path):
   (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
   with pytest.raises(DataError, match="format"):
     cb_lib.load(tmp_path)
+
+
+def test_build_rqvae_from_config_with_graph():
+  from toolgen_jax.data import cooccurrence
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(120, 16)).astype(np.float32)
+  c = config_lib.base_config().codebook
+  c.rqvae_hidden, c.code_dim, c.size, c.steps, c.batch_size = (32,), 8, 8, 20, 64
+  graph = cooccurrence.from_groups([[0, 1, 2], [3, 4], [5, 6, 7]], 120)
+  cb = cb_lib.build(c, x, [f"t{i}" for i in range(120)], cooccurrence=graph)
+  assert cb.method == "rqvae" and cb.num_tools == 120 and _prefix_free(cb.codes)
+  assert cb.quantizer_config["collab_lambda"] == 1.0 and cb.level_sizes[:2] == [8, 8]

@@ -197,10 +197,10 @@ def loss_fn(config: RQVAEConfig, params, x, edges=None, edge_weights=None, in_di
   return total, {"loss": total, "recon": recon, "rq": rq_loss, "collab": collab, "codes": codes}
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jax.jit, static_argnames=("config", "num_steps"))
 def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax.Array, edge_weights: jax.Array,
-                key: jax.Array) -> tuple[RQVAEState, dict]:
-  """`dead_code_every` optimizer steps (lax.scan), then restart of codes unused during the block.
+                key: jax.Array, num_steps: int | None = None) -> tuple[RQVAEState, dict]:
+  """`num_steps` (default `dead_code_every`) optimizer steps (lax.scan), then restart of codes unused in them.
 
   x [N, D] all tool embeddings; edges [E, 2] int32 (E may be 0), edge_weights [E].
   """
@@ -225,7 +225,8 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
     return RQVAEState(params, opt_state, state.step + 1, usage), m
 
   k_steps, k_restart = jax.random.split(key)
-  state, metrics = jax.lax.scan(step, state, jax.random.split(k_steps, max(config.dead_code_every, 1)))
+  num_steps = num_steps or max(config.dead_code_every, 1)
+  state, metrics = jax.lax.scan(step, state, jax.random.split(k_steps, num_steps))
   # Dead-code restart: unused codes jump to random residuals of a fresh batch (at their own level).
   enc, _ = _modules(config, x.shape[-1])
   kb, kr = jax.random.split(k_restart)
@@ -234,7 +235,7 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
   _, _, _, residuals = quantize(config, state.params["codebooks"], z, use_sinkhorn=False)  # [L, B, e]
   picks = jax.random.randint(kr, (config.num_levels, config.codebook_size), 0, b)
   fresh = jnp.take_along_axis(residuals, picks[..., None], axis=1)                      # [L, K, e]
-  dead = state.usage == 0
+  dead = (state.usage == 0) & (config.dead_code_every > 0)
   cbs = jnp.where(dead[..., None], fresh, state.params["codebooks"])
   params = dict(state.params, codebooks=cbs)
   metrics = jax.tree.map(jnp.mean, metrics) | {"dead_codes": dead.sum()}
@@ -264,14 +265,16 @@ def train(config: RQVAEConfig, x: np.ndarray, edges: np.ndarray | None = None,
     w = jnp.asarray(w / max(float(w.mean()), 1e-12))  # A_uv scaled to mean 1: lambda independent of count units
   if state is None:
     state = init(config, x, k_init)
-  blocks = -(-config.steps // max(config.dead_code_every, 1))
+  every = max(config.dead_code_every, 1) if config.dead_code_every > 0 else max(config.steps, 1)
+  blocks = -(-config.steps // every)
   history = []
   it = range(blocks)
   if progress:
     from tqdm.auto import tqdm
     it = tqdm(it, desc="rqvae", unit="block")
   for i in it:
-    state, m = train_block(config, state, x, edges_a, w, jax.random.fold_in(k_train, i))
+    n_i = min(every, config.steps - i * every)
+    state, m = train_block(config, state, x, edges_a, w, jax.random.fold_in(k_train, i), num_steps=n_i)
     m = {k: float(v) for k, v in m.items()}
     history.append(m)
     if log_every and (i + 1) % log_every == 0:
