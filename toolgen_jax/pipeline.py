@@ -450,6 +450,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _say(f"[config] resolved config -> {wd / 'config.json'}")
   if config.pipeline.dry_run:
     return {}
+  from toolgen_jax.training import sharding as shd
+  shd.maybe_initialize_distributed(config.mesh.distributed)  # before anything touches devices (multi-host)
   t0 = time.perf_counter()
   ds = load_corpus(config, wd)
   emb = load_embeddings(config, wd, ds)
