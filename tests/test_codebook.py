@@ -129,3 +129,16 @@ def test_build_rqvae_from_config_with_graph():
   cb = cb_lib.build(c, x, [f"t{i}" for i in range(120)], cooccurrence=graph)
   assert cb.method == "rqvae" and cb.num_tools == 120 and _prefix_free(cb.codes)
   assert cb.quantizer_config["collab_lambda"] == 1.0 and cb.level_sizes[:2] == [8, 8]
+
+
+def test_add_tools_joins_a_suffixed_group_when_the_prefix_is_full():
+  from toolgen_jax.codebook import residual_kmeans as rkm
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 6)).astype(np.float32)
+  cb = cb_lib.from_residual_kmeans(rkm.ResidualKMeansConfig(pca_dim=4, num_levels=2, codebook_size=2), x)
+  assert cb.num_levels == 3 and _prefix_free(cb.codes)  # 40 tools in 2 x 2 codes: suffixes
+  before = list(cb.level_sizes)
+  rep = cb.add_tools(x[:3])
+  assert rep.collided.all() and _prefix_free(cb.codes) and (rep.codes[:, 2] >= 0).all()
+  assert cb.level_sizes[2] >= before[2] + 1 and cb.level_sizes[2] == cb.codes[:, 2].max() + 1
+  assert f"<T2_{cb.codes[:, 2].max()}>" in cb.tokens()

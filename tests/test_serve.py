@@ -145,6 +145,18 @@ def test_transport_errors_and_server_stays_up(server):
   assert request(hp, "GET", "/v1/models")[1]["data"][0]["id"] == "demo-lexical"
 
 
+def test_unknown_tools_without_add_tools_get_422():
+  backend = demo_backend()
+  backend.add_tools = None
+  srv, _, url = serve.serve_in_thread(backend)
+  try:
+    got, out = completion(url.split("//")[1], [{"role": "user", "content": "x"}], [WEATHER, STOCK])
+    assert got == 422 and "unknown tools ['stock_price']" in out["error"]["message"]
+  finally:
+    srv.shutdown()
+    srv.server_close()
+
+
 def test_internal_errors_are_500_and_do_not_stop_the_server():
   backend = demo_backend()
 

@@ -26,10 +26,12 @@ from typing import Any, Mapping, Sequence
 
 from toolgen_jax.agent import format as fmt
 from toolgen_jax.agent import loop
-from toolgen_jax.agent.backend import Backend, load_backend, resolve_tools
+from toolgen_jax.agent.backend import Backend, UnknownToolsError, load_backend, resolve_tools
 from toolgen_jax.data.records import Message, Tool
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Wider than OpenAI's [a-zA-Z0-9_-]{1,64}: corpus names carry '.', '#', ':' (e.g. BFCL `math.factorial`); names are
+# only ever compared and echoed, never interpreted.
+_NAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,128}$")
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
@@ -151,7 +153,7 @@ def chat_completion(backend: Backend, body: Any, *, max_tools: int = 128, max_me
   with backend.lock:
     try:
       ids = resolve_tools(backend, tools)
-    except LookupError as e:
+    except UnknownToolsError as e:
       raise RequestError(422, str(e)) from None
     name_to_id = {t.name: i for t, i in zip(tools, ids)}
     id_to_name = {i: t.name for t, i in zip(tools, ids)}

@@ -36,6 +36,10 @@ class Backend:
     return dict(known_names(self.corpus))
 
 
+class UnknownToolsError(LookupError):
+  """Request tools that the backend does not know and cannot add."""
+
+
 def _schema_key(parameters) -> str:
   """Schema identity for matching a request tool to a known one: normalized types, required keys, enums (not the
   descriptions, which clients rewrite freely)."""
@@ -69,7 +73,7 @@ def resolve_tools(backend: Backend, tools: Sequence[Tool]) -> list[int]:
       new.append(t)
   if new:
     if backend.add_tools is None:
-      raise LookupError(f"unknown tools {[t.name for t in new]} and this backend cannot add tools")
+      raise UnknownToolsError(f"unknown tools {[t.name for t in new]} and this backend cannot add tools")
     added = iter(backend.add_tools(new))
     ids = [next(added) if i is None else i for i in ids]
   return ids

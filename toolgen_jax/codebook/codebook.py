@@ -223,6 +223,9 @@ class Codebook:
     width = max(self.num_levels, new.shape[1])
     pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1)
     self.codes = np.concatenate([pad(self.codes), pad(new.astype(np.int32))])
+    if self.token_kind == "codes":  # a new suffix level or suffix value needs its token
+      self.level_sizes += [0] * (width - len(self.level_sizes))
+      self.level_sizes = [max(k, int(self.codes[:, l].max()) + 1) for l, k in enumerate(self.level_sizes)]
     self.active = np.concatenate([self.active, np.ones(m, bool)])
     self.tool_names += names
     self.revision += 1

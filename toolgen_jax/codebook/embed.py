@@ -113,6 +113,11 @@ def resolve_encoder_path(spec: str | os.PathLike = "minilm") -> pathlib.Path:
   """'minilm' (or '') -> the embedded all-MiniLM-L6-v2; otherwise a local HF BERT/MPNet directory."""
   if str(spec) in ("", "minilm"):
     return assets.minilm_dir()
+  if str(spec) == "gist":
+    raise NotImplementedError("encoder.kind='gist' (Toolscaler gist-token compression) is not implemented yet; "
+                              "use 'minilm' or a BERT/MPNet directory (encoder.kind='bert_dir', encoder.path=...)")
+  if str(spec) == "bert_dir":
+    raise ValueError("encoder.kind='bert_dir' needs encoder.path: a local BERT/MPNet directory")
   path = pathlib.Path(spec)
   if not (path / "config.json").exists():
     raise DataError(str(path), None, None, "encoder directory has no config.json")

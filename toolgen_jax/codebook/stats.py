@@ -99,7 +99,9 @@ def plot_collab_effect(results: dict[str, np.ndarray], edges: np.ndarray, path: 
     share = edge_prefix_sharing(codes, edges, weights)
     dist = mean_code_distance(codes, edges, weights)
     ax.bar(np.arange(len(share)) + i * width, share, width, label=f"{label} (dist {dist:.2f})")
-  ax.set_xlabel("shared leading levels")
+  n_levels = max(len(edge_prefix_sharing(c, edges[:1])) for c in results.values()) if len(edges) else 0
+  ax.set_xticks(np.arange(n_levels) + width * (len(results) - 1) / 2, [f">= {l}" for l in range(1, n_levels + 1)])
+  ax.set_xlabel("leading code levels shared")
   ax.set_ylabel("co-occurring pairs")
   ax.legend()
   fig.tight_layout()
