@@ -35,6 +35,9 @@ import time
 
 import numpy as np
 
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where benchmarks/tokenizers.py would shadow the
+# `tokenizers` package: drop that folder, put the repo root first.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from toolgen_jax import assets  # noqa: E402

@@ -68,7 +68,10 @@ def main(argv=None):
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=1)  # the first call compiles (JAX) and warms caches
   ap.add_argument("--skip_train", action="store_true")
+  ap.add_argument("--torch_threads", type=int, default=0, help="0 = PyTorch's default (one per core)")
   args = ap.parse_args(argv)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
 
   config, params = weights.load_pretrained("smollm2")
   tokens_np = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)

@@ -19,6 +19,11 @@ import platform
 import queue
 import subprocess
 import sys
+
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where benchmarks/tokenizers.py would shadow the
+# `tokenizers` package: drop that folder, put the repo root first.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import threading
 import time
 

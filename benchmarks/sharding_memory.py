@@ -31,7 +31,11 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pathlib
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where benchmarks/tokenizers.py would shadow the
+# `tokenizers` package: drop that folder, put the repo root first.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from toolgen_jax import config as config_lib  # noqa: E402
 from toolgen_jax.models import llama  # noqa: E402
 from toolgen_jax.training import aot  # noqa: E402

@@ -13,7 +13,10 @@ and is trained on
 
 The collaborative term pulls tools that are used together (co-occurrence graph A from the training queries) close in
 latent space so that they share code prefixes. Per step it is estimated on a uniform minibatch of edges as the mean
-of A_uv ||z_u - z_v||^2 (the sum over E divided by |E|), so that lambda does not scale with the graph size.
+of A_uv ||z_u - z_v||^2 (the sum over E divided by |E|, A scaled to mean 1), so that lambda does not scale with the
+graph size, and by default divided by the mean ||z_a - z_b||^2 of random pairs (`collab_normalization`): the raw
+term has a trivial minimiser (all latents shrink to a point: with lambda = 0.1 on ToolBench-G3 95% of the tools got
+one code), the ratio does not. Inputs are standardised with frozen corpus statistics (`normalize_input`).
 ToolWeaver's paper reports lambda = 1 (sweep 0.01..10); its released code applies the term to the quantised vectors
 of each batch with weight 0.001 (see `PAPER_LAMBDA`, `CODE_LAMBDA`). We apply it to the latent z, as the paper writes.
 
@@ -173,7 +176,11 @@ def init(config: RQVAEConfig, x: jax.Array, key: jax.Array | None = None) -> RQV
 
 
 def loss_fn(config: RQVAEConfig, params, x, edges=None, edge_weights=None, in_dim=None):
-  """Total loss and metrics for a batch x [B, D] and an edge batch (edges [E, 2] into `edge_x`, weights [E])."""
+  """Total loss and metrics for a batch x [B, D] (raw embeddings).
+
+  edges: None or the pair (x_u [E, D], x_v [E, D]) of a minibatch of co-occurrence edges, edge_weights [E]
+  (A_uv, scaled to mean 1 by `train`).
+  """
   enc, dec = _modules(config, x.shape[-1] if in_dim is None else in_dim)
   x = normalize_input(params, x)
   z = enc.apply({"params": params["encoder"]}, x)
