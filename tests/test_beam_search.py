@@ -256,3 +256,18 @@ def test_property_only_valid_live_subset_tools(seed, length, k, variable, n, bea
     reachable = len(set(np.nonzero(mask[q])[0]) - set(gone.tolist()))
     assert valid.sum() == min(beam, reachable)  # B live beams always end in >= B distinct tools
     assert np.all(np.diff(scores[q][valid]) <= 1e-6)
+
+
+def test_tiny_llama_greedy_generate_equals_full_forward_argmax():
+  from toolgen_jax.decoding import constrained
+  from toolgen_jax.models import llama
+  cfg = llama.LlamaConfig.tiny(vocab_size=48)
+  params = llama.init_params(cfg, jax.random.PRNGKey(1))
+  prompts = [[4, 5, 6], [7, 8, 9, 10, 11, 12, 13]]
+  tok, mask = constrained.left_pad(prompts, pad_id=0, multiple=8)
+  res = constrained.generate(params, cfg, jnp.asarray(tok), jnp.asarray(mask), beam_size=1, max_len=4)
+  for q, p in enumerate(prompts):
+    seq = list(p)
+    for _ in range(4):  # reference: full forward without cache or padding, argmax of the last position
+      seq.append(int(jnp.argmax(llama.forward(params, cfg, jnp.asarray([seq]))[0][0, -1])))
+    np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), seq[len(p):])

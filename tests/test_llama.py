@@ -58,7 +58,7 @@ def _batch(config, B=3, T=24, seed=0):
 
 def test_param_axes_match_params():
   for config in VARIANTS.values():
-    p = llama.init_params(config, jax.random.key(0))
+    p = jax.eval_shape(llama.init_params, config, jax.random.key(0))  # structure and shapes, no compile
     axes = llama.param_logical_axes(config)
     is_axes = lambda x: isinstance(x, tuple)
     assert jax.tree.structure(p) == jax.tree.structure(axes, is_leaf=is_axes)
@@ -141,8 +141,7 @@ def test_scan_loop_remat_and_bf16_agree():
   tokens, mask, _ = _batch(config)
   kw = dict(attention_mask=jnp.asarray(mask))
   base, _ = llama.forward(params, config, jnp.asarray(tokens), **kw)
-  for variant in (config.replace(scan_layers=False), config.replace(remat=True),
-                  config.replace(remat="dots_with_no_batch_dims_saveable", scan_layers=False)):
+  for variant in (config.replace(scan_layers=False), config.replace(remat=True)):
     out, _ = llama.forward(params, variant, jnp.asarray(tokens), **kw)
     np.testing.assert_allclose(np.asarray(out), np.asarray(base), atol=1e-5)
   bf = config.replace(dtype="bfloat16")
@@ -155,7 +154,7 @@ def test_scan_loop_remat_and_bf16_agree():
   # gradient through remat equals gradient without it
   loss = lambda p, c: llama.forward(p, c, jnp.asarray(tokens))[0].mean()
   g1 = jax.grad(loss)(params, config)
-  g2 = jax.grad(loss)(params, config.replace(remat=True))
+  g2 = jax.grad(loss)(params, config.replace(remat="dots_with_no_batch_dims_saveable"))
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 

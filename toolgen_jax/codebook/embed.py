@@ -114,8 +114,9 @@ def resolve_encoder_path(spec: str | os.PathLike = "minilm") -> pathlib.Path:
   if str(spec) in ("", "minilm"):
     return assets.minilm_dir()
   if str(spec) == "gist":
-    raise NotImplementedError("encoder.kind='gist' (Toolscaler gist-token compression) is not implemented yet; "
-                              "use 'minilm' or a BERT/MPNet directory (encoder.kind='bert_dir', encoder.path=...)")
+    raise ValueError("encoder.kind='gist' embeddings need the LLM: train with toolgen_jax.codebook.gist.train, "
+                     "compute gist.embed_tools(...) [N, V, D] and pass them as embeddings (not wired into the "
+                     "pipeline yet); or use 'minilm' / a BERT/MPNet directory (encoder.kind='bert_dir')")
   if str(spec) == "bert_dir":
     raise ValueError("encoder.kind='bert_dir' needs encoder.path: a local BERT/MPNet directory")
   path = pathlib.Path(spec)

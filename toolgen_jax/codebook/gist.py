@@ -33,6 +33,7 @@ class GistConfig:
   num_gist: int = 2          # V gist tokens = embedding positions per tool
   lora_rank: int = 8
   lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
   steps: int = 200
   batch_size: int = 8
   learning_rate: float = 1e-3
@@ -112,7 +113,7 @@ def train(params, config: llama.LlamaConfig, docs: Sequence[Mapping[str, str]], 
   key = jax.random.key(cfg.seed)
   params, config, gist_ids = add_gist_tokens(params, config, cfg.num_gist)
   params, config = lora_lib.apply_lora(params, config, jax.random.fold_in(key, 1), rank=cfg.lora_rank,
-                                       alpha=cfg.lora_alpha)
+                                       alpha=cfg.lora_alpha, targets=cfg.lora_targets)
   mask = lora_lib.trainable_mask(params, config, "lora_and_new_tokens", new_token_ids=gist_ids)
   data = make_tasks(docs, tokenize, cfg)
   opt = optax.adam(cfg.learning_rate)
