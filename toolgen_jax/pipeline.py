@@ -206,18 +206,16 @@ def build_model(config, wd: Workdir, ds, cb) -> Model:
   elif init == "subword_mean":
     if cb.token_kind == "atomic":  # ToolGen: a tool token starts at the mean of its name's sub-words
       kw["token_texts"] = [ds.corpus[i].name for i in range(cb.num_tools)]
-  params, mcfg, tok = vocab_lib.extend_vocab(params, mcfg, tok, new_tokens, init, rng=int(config.seed), **kw)
+  params, mcfg, tok = vocab_lib.extend_vocab(params, mcfg, tok, new_tokens, init, rng=int(config.seed),
+                                             pad_to_multiple=int(config.vocab.pad_to_multiple), **kw)
   _say(f"[model] {config.model.checkpoint}: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, vocabulary "
        f"{n_old} + {len(new_tokens)} tool tokens (init={init}) in {time.perf_counter() - t0:.1f}s")
   return Model(config=mcfg, params=params, tokenizer=tok, new_token_start=n_old)
 
 
 def _model_overrides(config) -> dict:
-  out = {}
-  for k in ("dtype", "param_dtype", "remat"):
-    if k in config.model:
-      out[k] = config.model[k]
-  return out
+  from toolgen_jax.models import weights
+  return weights.config_overrides(config.model)
 
 
 def build_trie(config, cb, tok):
