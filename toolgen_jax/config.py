@@ -215,10 +215,7 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.train.batch_size = 64
-  c.train.grad_accum = 1
   c.train.seq_len = 1024
-  c.train.learning_rate = 4e-5
-  c.train.warmup_fraction = 0.03
   c.train.steps = 2000
   c.train.checkpoint_every = 500
   c.train.eval_every = 500

@@ -246,7 +246,6 @@ def cb_token(cb, level: int, code: int) -> str:
 
 def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
   """Runs `config.train.stages` in order; each resumes from its own checkpoints; returns the final params."""
-  from toolgen_jax.models import llama
   from toolgen_jax.training import input_pipeline as ip
   from toolgen_jax.training import sharding as shd
   from toolgen_jax.training import stages as stages_lib
@@ -255,7 +254,8 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
   mesh = shd.make_mesh(config.mesh)
   params = model.params
   train_q = [q for q in ds.queries if q.split == "train"]
-  train_t = [t for t in ds.trajectories if _traj_split(t, ds) == "train"]
+  split_of = {q.id: q.split for q in ds.queries}
+  train_t = [t for t in ds.trajectories if split_of.get(t.query_id, "train") == "train"]
   for stage in config.train.stages:
     examples = stages_lib.stage_examples(stage, corpus=ds.corpus, queries=train_q, trajectories=train_t,
                                          codebook=code_targets(cb, model.tokenizer), tokenizer=model.tokenizer, train_config=config.train,
@@ -275,7 +275,6 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
       _say(f"[train:{stage}] loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
   save_trained(wd, model, params)
   wd.mark("train", stages=list(config.train.stages))
-  del llama
   return params
 
 
@@ -384,11 +383,6 @@ def _stage_steps(config, stage: str, n_examples: int) -> int:
   return int(per[stage]) if stage in per and int(per[stage]) > 0 else int(config.train.steps)
 
 
-def _traj_split(t, ds) -> str:
-  q = {q.id: q.split for q in ds.queries}
-  return q.get(t.query_id, "train")
-
-
 def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray) -> dict:
   from toolgen_jax.evaluation import embedding as emb_lib
   from toolgen_jax.evaluation import harness
@@ -423,7 +417,6 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
 def language_preservation(config, model: Model, params_before, params_after) -> dict:
   """Perplexity of the base and the tuned model on held-out general English (ToolWeaver's WikiText-2 check)."""
   from toolgen_jax.evaluation import perplexity as ppl
-  from toolgen_jax.models import llama
   from toolgen_jax.training import input_pipeline as ip
 
   fwd = jax.jit(lambda p, t: llama.forward(p, model.config, t)[0])
