@@ -417,6 +417,7 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
 def language_preservation(config, model: Model, params_before, params_after) -> dict:
   """Perplexity of the base and the tuned model on held-out general English (ToolWeaver's WikiText-2 check)."""
   from toolgen_jax.evaluation import perplexity as ppl
+  from toolgen_jax.models import llama
   from toolgen_jax.training import input_pipeline as ip
 
   fwd = jax.jit(lambda p, t: llama.forward(p, model.config, t)[0])
