@@ -66,6 +66,23 @@ def test_retrieval_multi_target_modes():
     stages.retrieval_examples([Query(id="c", text="x", relevant=())], cb, TOK)
 
 
+@pytest.mark.parametrize("system_prompt", [None, "", "Retrieve a tool."])
+def test_generative_prompt_is_the_training_prompt(system_prompt):
+  """Whatever config.train.system_prompt says, inference starts from exactly the prompt the model was trained on."""
+  from toolgen_jax import generative
+  from toolgen_jax.models import tokenizer as tok_lib
+  tok = tok_lib.load_tokenizer("smollm2")
+  q = Query(id="q", text="Find the area of a triangle", relevant=(0,))
+  ex = stages.retrieval_examples([q], {0: ["<a>"]}, tok, system_prompt=system_prompt)[0]
+  prompt = "".join(t for t, is_t in ex.segments if not is_t)
+  assert ip.encode_text(tok, prompt) == generative.prompt_ids(tok, q.text, system_prompt=system_prompt)
+  n = len(generative.prompt_ids(tok, q.text, system_prompt=system_prompt))
+  if system_prompt is None:  # SmolLM2's template inserts its own default system turn
+    assert "SmolLM" in prompt and n > len(generative.prompt_ids(tok, q.text, system_prompt=""))
+  else:
+    assert "SmolLM" not in prompt and f"system\n{system_prompt}<|im_end|>" in prompt
+
+
 def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
   from toolgen_jax.agent import format as fmt
   corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])

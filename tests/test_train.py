@@ -51,6 +51,53 @@ def test_loss_matches_a_direct_reference_and_chunking_changes_nothing():
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_frozen_layers_and_target_positions_keep_loss_and_top_gradients(scan):
+  """The CPU recipe's two cuts change cost, not numbers: same loss, same gradient above the frozen layers, exactly
+  zero below (and on the untied input embedding); the head on target positions only gives the full-head loss."""
+  mc = llama.LlamaConfig.tiny(num_layers=4, tie_embeddings=False, scan_layers=scan)
+  params = llama.init_params(mc, jax.random.PRNGKey(1))
+  b = _batch(mc, T=24)
+  b["weights"] = np.zeros_like(b["weights"])
+  b["weights"][:, 15:18] = 1.0  # three target tokens per row, as a 2-code answer + end of turn
+  b["weights"][3, 5] = 1.0       # one row with a fourth, earlier target
+  b["weights"] *= b["attention_mask"]
+  full = jax.jit(jax.value_and_grad(lambda p: train.loss_sums(p, mc, b), has_aux=True))
+  cut = jax.jit(jax.value_and_grad(lambda p: train.loss_sums(p, mc, b, frozen_layers=3, target_positions=4),
+                                   has_aux=True))
+  (ce0, (n0, c0)), g0 = full(params)
+  (ce1, (n1, c1)), g1 = cut(params)
+  assert float(ce1) == pytest.approx(float(ce0), rel=1e-6)
+  assert float(n1) == float(n0) == b["weights"].sum() and float(c1) == float(c0)
+  for name in g0["layers"]:
+    for leaf0, leaf1 in zip(jax.tree.leaves(g0["layers"][name]), jax.tree.leaves(g1["layers"][name])):
+      np.testing.assert_allclose(leaf1[3:], leaf0[3:], rtol=1e-4, atol=1e-6)
+      assert not np.any(leaf1[:3]) and np.any(leaf0[:3])
+  assert not np.any(g1["embed"]["embedding"]) and np.any(g0["embed"]["embedding"])
+  np.testing.assert_allclose(g1["lm_head"]["kernel"], g0["lm_head"]["kernel"], rtol=1e-4, atol=1e-6)
+  # Too few target positions would drop a target: the loop refuses such a batch instead.
+  with pytest.raises(ValueError, match="row 3 has 4 target tokens"):
+    train.check_target_positions(b, 3, "retrieval", 7)
+
+
+def test_frozen_layers_leave_the_bottom_bit_identical_through_the_optimizer():
+  mc = llama.LlamaConfig.tiny(num_layers=4)
+  params = llama.init_params(mc, jax.random.PRNGKey(0))
+  mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  cfg = config_lib.base_config()
+  cfg.train.learning_rate, cfg.train.warmup_fraction, cfg.train.weight_decay = 1e-2, 0.0, 0.1
+  cfg.train.frozen_layers, cfg.train.target_positions = 2, 0
+  steps = train.build_steps(mc, cfg.train, mesh, cfg.mesh.logical_axis_rules, total_steps=2, donate=False)
+  state = steps.init(params)
+  for s in range(2):  # step 0 runs at lr 0 (warm-up from 0)
+    state, m = steps.train(state, _batch(mc, seed=s), jax.random.PRNGKey(0))
+    assert bool(m["finite"])
+  for name, leaf in params["layers"].items():
+    for a, c in zip(jax.tree.leaves(leaf), jax.tree.leaves(state.params["layers"][name])):
+      np.testing.assert_array_equal(np.asarray(c)[:2], np.asarray(a)[:2])  # weight decay too stayed off
+      assert np.any(np.asarray(c)[2:] != np.asarray(a)[2:])
+
+
 def test_gradient_accumulation_equals_one_big_batch():
   mc = llama.LlamaConfig.tiny()
   params = llama.init_params(mc, jax.random.PRNGKey(0))

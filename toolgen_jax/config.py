@@ -105,6 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.999
   c.train.adam_eps = 1e-8
+  # System turn of the memorisation/retrieval prompts (training and inference alike). None = the chat template's own
+  # default (SmolLM2 inserts a 30-token one); "" = an empty system turn, so a short query is a short sequence.
+  c.train.system_prompt = ml_collections.config_dict.placeholder(str)
+  c.train.frozen_layers = 0       # bottom layers (and input embedding) get no gradient: backward stops there
+  c.train.target_positions = 0    # >0: LM head + CE only on each row's first m target tokens (0 = all positions)
   c.train.loss_chunk = 0          # >0: cross-entropy over sequence chunks of this many tokens (no full [B,T,V] logits)
   c.train.packing = "pad"         # pad (every row to seq_len) | bucket (length-sorted windows, 3 padded lengths)
   c.train.multi_target = "separate"  # retrieval, several relevant tools: separate (one example per tool) | joint

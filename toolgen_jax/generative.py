@@ -21,10 +21,12 @@ from toolgen_jax.training import input_pipeline
 from toolgen_jax.training import stages
 
 
-def prompt_ids(tokenizer: Any, text: str, max_prompt_tokens: int = 0) -> list[int]:
-  """Token ids of the retrieval prompt for `text`. A long query is cut from the left of its *text* (the template's
-  head and generation prompt are kept), so the model still sees where the codes start."""
-  ids = input_pipeline.encode_text(tokenizer, stages._template(tokenizer, [{"role": "user", "content": text}], True))
+def prompt_ids(tokenizer: Any, text: str, max_prompt_tokens: int = 0, system_prompt: str | None = None) -> list[int]:
+  """Token ids of the retrieval prompt for `text` (`system_prompt` as in training: config.train.system_prompt).
+  A long query is cut from the left of its *text* (the template's head and generation prompt are kept), so the
+  model still sees where the codes start."""
+  turns = stages.system_turn(system_prompt) + [{"role": "user", "content": text}]
+  ids = input_pipeline.encode_text(tokenizer, stages._template(tokenizer, turns, True))
   if max_prompt_tokens and len(ids) > max_prompt_tokens:
     keep_tail = max_prompt_tokens - 8
     ids = ids[:8] + ids[-keep_tail:]
@@ -48,6 +50,7 @@ class GenerativeRetriever:
   max_prompt_tokens: int = 256
   progress: bool = True
   name: str = "generative"
+  system_prompt: str | None = None
 
   def __post_init__(self):
     self._device_trie = self.trie.device()
@@ -65,7 +68,8 @@ class GenerativeRetriever:
     it = range(0, len(order), self.batch_size)
     for start in tqdm(it, desc=f"{self.name} retrieval", disable=not self.progress, leave=False):
       idx = order[start:start + self.batch_size]
-      prompts = [prompt_ids(self.tokenizer, queries[i].text, self.max_prompt_tokens) for i in idx]
+      prompts = [prompt_ids(self.tokenizer, queries[i].text, self.max_prompt_tokens, self.system_prompt)
+                 for i in idx]
       while len(prompts) < self.batch_size:  # one static batch shape
         prompts.append(prompts[-1])
       longest = max(len(p) for p in prompts)

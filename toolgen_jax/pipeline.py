@@ -331,7 +331,8 @@ class Trained:
     from toolgen_jax.generative import GenerativeRetriever
     c = self.config
     kw = dict(beam_size=int(c.decode.beam_size), batch_size=int(c.eval.batch_size),
-              alpha=float(c.decode.length_normalization), name=c.codebook.method) | kw
+              alpha=float(c.decode.length_normalization), name=c.codebook.method,
+              system_prompt=c.train.get("system_prompt")) | kw
     return GenerativeRetriever(self.model.params, self.model.config, self.model.tokenizer,
                                build_trie(c, self.codebook, self.model.tokenizer), **kw)
 
@@ -400,7 +401,7 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
   retrievers[config.codebook.method] = GenerativeRetriever(
       params, model.config, model.tokenizer, build_trie(config, cb, model.tokenizer), beam_size=int(config.decode.beam_size),
       batch_size=int(config.eval.batch_size), alpha=float(config.decode.length_normalization),
-      name=config.codebook.method)
+      name=config.codebook.method, system_prompt=config.train.system_prompt)
   if "bm25" in config.eval.baselines:
     from toolgen_jax.evaluate import bm25_retriever
     retrievers["bm25"] = bm25_retriever(docs, config)

@@ -485,12 +485,18 @@ def embed(params: Params, config: LlamaConfig, tokens: jax.Array) -> jax.Array:
   return _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jax.jit, static_argnames=("config", "frozen_layers"))
 def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
                   attention_mask: jax.Array | None = None, cache: KVCache | None = None,
-                  dropout_rng: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
-  """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache; `forward` without the head."""
+                  dropout_rng: jax.Array | None = None, frozen_layers: int = 0) -> tuple[jax.Array, KVCache | None]:
+  """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache; `forward` without the head.
+
+  frozen_layers = n > 0: the input embedding and the bottom n layers run under `stop_gradient`, so a backward pass
+  stops at layer n (its cost and saved activations scale with the top layers only; the values are unchanged).
+  """
   c = config
+  if not 0 <= frozen_layers <= c.num_layers:
+    raise ValueError(f"frozen_layers={frozen_layers} outside [0, num_layers={c.num_layers}]")
   B, T = tokens.shape
   if attention_mask is None:
     attention_mask = jnp.ones((B, T), bool)
@@ -526,15 +532,28 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
 
   body = _remat(body, c)
   kv_all = None if cache is None else (cache.k, cache.v)
-  if c.scan_layers:
-    x, kv_out = jax.lax.scan(body, x, (layers, kv_all, layer_rngs))
-  else:
+
+  def stack(x, xs, n):
+    if c.scan_layers:
+      return jax.lax.scan(body, x, xs)
     outs = []
-    for i in range(c.num_layers):
-      sl = jax.tree.map(lambda a: a[i], (layers, kv_all, layer_rngs))
-      x, kv = body(x, sl)
+    for i in range(n):
+      x, kv = body(x, jax.tree.map(lambda a: a[i], xs))
       outs.append(kv)
-    kv_out = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+
+  xs = (layers, kv_all, layer_rngs)
+  n = frozen_layers
+  if n == 0:
+    x, kv_out = stack(x, xs, c.num_layers)
+  else:
+    lo, hi = jax.tree.map(lambda a: a[:n], xs), jax.tree.map(lambda a: a[n:], xs)
+    x, kv_lo = stack(x, (jax.lax.stop_gradient(lo[0]),) + lo[1:], n)
+    x = jax.lax.stop_gradient(x)
+    kv_out = kv_lo
+    if n < c.num_layers:
+      x, kv_hi = stack(x, hi, c.num_layers - n)
+      kv_out = None if cache is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv_lo, kv_hi)
   x = rms_norm(x, params["final_norm"]["scale"], c.rms_norm_eps)
 
   new_cache = None

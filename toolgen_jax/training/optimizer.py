@@ -8,6 +8,10 @@ biases). What is trained is a mask over the parameter pytree:
   `new_token_start` of every parameter with a 'vocab' axis (input embedding, untied LM head): the tool-code tokens.
 * 'new_tokens': only those rows.
 
+`frozen_layers` = n (config.train.frozen_layers) further freezes the slices [0, n) of every stacked-layer leaf (its
+'layers' axis): the forward pass stops gradients there (`llama.hidden_states`), and the mask keeps Adam and weight
+decay off them, so the bottom of the network stays bit-identical.
+
 Frozen leaves get `optax.set_to_zero()` (no Adam moments, and their gradients are never read, so XLA drops their
 computation); row-masked leaves keep moments but their gradient and update are zero outside the new rows, so the
 pretrained vocabulary is left bit-identical. Gradient accumulation lives in the train step (a scan over
@@ -16,6 +20,7 @@ microbatches, no extra optimizer state); see `train.py`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -55,14 +60,24 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def trainable_mask(params: Any, logical_axes: Any, mode: str, new_token_start: int | None = None) -> Any:
-  """Per leaf: True (train), False (freeze) or a bool row mask [V] along the leaf's 'vocab' axis (as a NumPy array).
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisMask:
+  """Train only the slices of a leaf where `keep` [n] is True along its logical axis `axis` ('vocab' or 'layers')."""
+  axis: str
+  keep: np.ndarray
+
+
+def trainable_mask(params: Any, logical_axes: Any, mode: str, new_token_start: int | None = None,
+                   frozen_layers: int = 0) -> Any:
+  """Per leaf: True (train), False (freeze) or an `AxisMask` (rows >= new_token_start along 'vocab', layers >=
+  frozen_layers along 'layers').
 
   Args:
     params: the parameter pytree (arrays or ShapeDtypeStructs).
     logical_axes: matching pytree of logical-axis tuples (`param_logical_axes(config)`).
     mode: one of TRAINABLE_MODES.
     new_token_start: first row of the added tool tokens (the vocabulary size before `extend_vocab`).
+    frozen_layers: the bottom layers left untouched (0 = none).
   """
   if mode not in TRAINABLE_MODES:
     raise ValueError(f"config.train.trainable must be one of {TRAINABLE_MODES}, got {mode!r}")
@@ -74,23 +89,30 @@ def trainable_mask(params: Any, logical_axes: Any, mode: str, new_token_start: i
   out = []
   for path, x, axes in zip(paths, flat_params, flat_axes):
     if mode == "all":
-      out.append(True)
+      m = True
     elif any("lora" in n.lower() for n in _path_names(path)):
-      out.append(mode == "lora_and_new_tokens")
+      m = mode == "lora_and_new_tokens"
     elif axes is not None and "vocab" in axes:
       vocab = np.shape(x)[axes.index("vocab")]
       if not 0 <= new_token_start <= vocab:
         raise ValueError(f"new_token_start={new_token_start} outside the vocabulary of {_path_names(path)} ({vocab})")
-      out.append(np.arange(vocab) >= new_token_start)
+      m = AxisMask("vocab", np.arange(vocab) >= new_token_start)
     else:
-      out.append(False)
+      m = False
+    if frozen_layers and m is True and axes is not None and "layers" in axes:
+      m = AxisMask("layers", np.arange(np.shape(x)[axes.index("layers")]) >= frozen_layers)
+    out.append(m)
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _row_mask_like(mask: np.ndarray, x: jax.Array, axes: tuple) -> jax.Array:
+def _is_mask_leaf(m) -> bool:
+  return isinstance(m, (bool, AxisMask))
+
+
+def _row_mask_like(mask: AxisMask, x: jax.Array, axes: tuple) -> jax.Array:
   shape = [1] * x.ndim
-  shape[axes.index("vocab")] = -1
-  return jnp.asarray(mask).reshape(shape)
+  shape[axes.index(mask.axis)] = -1
+  return jnp.asarray(mask.keep).reshape(shape)
 
 
 def apply_mask(tree: Any, mask: Any, logical_axes: Any) -> Any:
@@ -138,9 +160,9 @@ def make_optimizer(train_config: Mapping[str, Any], params: Any, logical_axes: A
   tc = train_config
   schedule = learning_rate_schedule(float(tc["learning_rate"]), int(total_steps), float(tc["warmup_fraction"]),
                                     float(tc.get("min_lr_ratio", 0.0)))
-  mask = trainable_mask(params, logical_axes, tc.get("trainable", "all"), new_token_start)
-  labels = jax.tree.map(lambda m: "freeze" if m is False else "train", mask,
-                        is_leaf=lambda m: isinstance(m, (bool, np.ndarray)))
+  mask = trainable_mask(params, logical_axes, tc.get("trainable", "all"), new_token_start,
+                       int(tc.get("frozen_layers", 0)))
+  labels = jax.tree.map(lambda m: "freeze" if m is False else "train", mask, is_leaf=_is_mask_leaf)
   adamw = optax.adamw(schedule, b1=float(tc.get("adam_b1", 0.9)), b2=float(tc.get("adam_b2", 0.999)),
                       eps=float(tc.get("adam_eps", 1e-8)), weight_decay=float(tc["weight_decay"]),
                       mask=weight_decay_mask(params))

@@ -97,21 +97,27 @@ def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], example_id: 
 
 # ---- stages ----------------------------------------------------------------------------------------------------
 
+def system_turn(system_prompt: str | None) -> list[dict]:
+  """The system turn of memorisation/retrieval prompts: none (the template's default) or the given text."""
+  return [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+
+
 def memorization_examples(corpus: ToolCorpus, codebook: Any, tokenizer: Any, *,
                           template: str = docs_lib.DEFAULT_TEMPLATE, max_chars: int = docs_lib.DEFAULT_MAX_CHARS,
-                          tool_ids: Sequence[int] | None = None) -> list[Example]:
+                          tool_ids: Sequence[int] | None = None, system_prompt: str | None = None) -> list[Example]:
   """One example per tool: document -> code tokens (ToolGen 'tool memorization')."""
   ids = range(len(corpus)) if tool_ids is None else tool_ids
   out = []
   for tid in ids:
     doc = docs_lib.tool_document(corpus[tid], template, max_chars)
-    turns = [{"role": "user", "content": doc}, {"role": "assistant", "content": code_text(codebook, tid)}]
+    turns = system_turn(system_prompt) + [{"role": "user", "content": doc},
+                                          {"role": "assistant", "content": code_text(codebook, tid)}]
     out.append(render_chat(tokenizer, turns, f"memorization/{tid}"))
   return out
 
 
 def retrieval_examples(queries: Sequence[Query], codebook: Any, tokenizer: Any, *,
-                       multi_target: str = "separate") -> list[Example]:
+                       multi_target: str = "separate", system_prompt: str | None = None) -> list[Example]:
   """Query -> code tokens of its relevant tool(s); queries without a relevant tool raise (naming the query)."""
   if multi_target not in MULTI_TARGET:
     raise ValueError(f"config.train.multi_target must be one of {MULTI_TARGET}, got {multi_target!r}")
@@ -124,7 +130,8 @@ def retrieval_examples(queries: Sequence[Query], codebook: Any, tokenizer: Any, 
     else:
       targets = [(str(t), code_text(codebook, t)) for t in q.relevant]
     for name, target in targets:
-      turns = [{"role": "user", "content": q.text}, {"role": "assistant", "content": target}]
+      turns = system_turn(system_prompt) + [{"role": "user", "content": q.text},
+                                            {"role": "assistant", "content": target}]
       out.append(render_chat(tokenizer, turns, f"retrieval/{q.id}/{name}"))
   return out
 
@@ -164,9 +171,11 @@ def stage_examples(stage: str, *, corpus: ToolCorpus, queries: Sequence[Query] =
   if stage == "memorization":
     return memorization_examples(corpus, codebook, tokenizer, template=dc.get("doc_template",
                                                                                docs_lib.DEFAULT_TEMPLATE),
-                                 max_chars=dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS))
+                                 max_chars=dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS),
+                                 system_prompt=tc.get("system_prompt"))
   if stage == "retrieval":
-    return retrieval_examples(queries, codebook, tokenizer, multi_target=tc.get("multi_target", "separate"))
+    return retrieval_examples(queries, codebook, tokenizer, multi_target=tc.get("multi_target", "separate"),
+                              system_prompt=tc.get("system_prompt"))
   if stage == "trajectory":
     return trajectory_examples(trajectories, corpus, codebook, tokenizer, finish_id=finish_id)
   raise ValueError(f"unknown stage {stage!r}; config.train.stages may contain {STAGES}")

@@ -62,20 +62,37 @@ def _ce_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple
   return jnp.sum((logz - tgt) * weights), jnp.sum(correct * weights)
 
 
+def target_gather(weights: jax.Array, m: int) -> jax.Array:
+  """[B, m] indices of each row's first m target positions (weight > 0) in order, padded by non-target ones."""
+  T = weights.shape[1]
+  key = jnp.where(weights > 0, 0, T) + jnp.arange(T)[None, :]
+  return jnp.argsort(key, axis=1)[:, :m]
+
+
 def loss_sums(params: Any, config: llama.LlamaConfig, batch: Mapping[str, jax.Array], *, loss_chunk: int = 0,
-              dropout_rng: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+              dropout_rng: jax.Array | None = None, frozen_layers: int = 0, target_positions: int = 0
+              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """Sum over target tokens of -log p(target), plus (target-token count, correct count).
 
   batch: tokens/targets [B, T] int32, weights [B, T] float32 (1 on target tokens), attention_mask [B, T].
+  frozen_layers: no gradient below this layer (see `llama.hidden_states`).
+  target_positions = m > 0: the LM head and cross-entropy run on each row's first m target positions only
+    ([B, m, V] logits instead of [B, T, V]); the caller guarantees no row has more (`fit` checks every batch).
   """
   x, _ = llama.hidden_states(params, config, batch["tokens"], attention_mask=batch["attention_mask"],
-                             positions=batch.get("positions"), dropout_rng=dropout_rng)
+                             positions=batch.get("positions"), dropout_rng=dropout_rng, frozen_layers=frozen_layers)
   weights = batch["weights"].astype(jnp.float32)
+  targets = batch["targets"]
+  if target_positions and target_positions < x.shape[1]:
+    idx = target_gather(weights, target_positions)
+    x = jnp.take_along_axis(x, idx[..., None], axis=1)
+    weights = jnp.take_along_axis(weights, idx, axis=1)
+    targets = jnp.take_along_axis(targets, idx, axis=1)
   T = x.shape[1]
   if not loss_chunk or loss_chunk >= T:
     logits = llama.logits_from_hidden(params, config, x)
     logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
-    ce, correct = _ce_sums(logits, batch["targets"], weights)
+    ce, correct = _ce_sums(logits, targets, weights)
   else:
     if T % loss_chunk:
       raise ValueError(f"config.train.loss_chunk={loss_chunk} must divide seq_len={T}")
@@ -93,7 +110,7 @@ def loss_sums(params: Any, config: llama.LlamaConfig, batch: Mapping[str, jax.Ar
       return (carry[0] + ce, carry[1] + correct), None
 
     (ce, correct), _ = jax.lax.scan(chunk, (jnp.zeros(()), jnp.zeros(())),
-                                    (split(x), split(batch["targets"]), split(weights)))
+                                    (split(x), split(targets), split(weights)))
   return ce, (jnp.sum(weights), correct)
 
 
@@ -104,6 +121,17 @@ class StepConfig:
   """Static knobs of a compiled step."""
   grad_accum: int = 1
   loss_chunk: int = 0
+  frozen_layers: int = 0
+  target_positions: int = 0
+
+  def loss_kw(self) -> dict:
+    return dict(loss_chunk=self.loss_chunk, frozen_layers=self.frozen_layers, target_positions=self.target_positions)
+
+
+def step_config_from(train_config: Mapping[str, Any]) -> StepConfig:
+  return StepConfig(grad_accum=int(train_config.get("grad_accum", 1)), loss_chunk=int(train_config.get("loss_chunk", 0)),
+                    frozen_layers=int(train_config.get("frozen_layers", 0)),
+                    target_positions=int(train_config.get("target_positions", 0)))
 
 
 def _microbatches(batch: Mapping[str, jax.Array], k: int) -> dict:
@@ -125,7 +153,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   use_dropout = config.lora_rank > 0 and config.lora_dropout > 0
   step_rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(
-      lambda p, b, r: loss_sums(p, config, b, loss_chunk=sc.loss_chunk, dropout_rng=r if use_dropout else None),
+      lambda p, b, r: loss_sums(p, config, b, dropout_rng=r if use_dropout else None, **sc.loss_kw()),
       has_aux=True)
 
   def constrain(tree):
@@ -172,7 +200,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 def eval_step(params: Any, batch: Mapping[str, jax.Array], *, config: llama.LlamaConfig,
               step_config: StepConfig) -> dict:
   """Sums (not means) so that the loop can average exactly over a whole dev set."""
-  ce, (count, correct) = loss_sums(params, config, batch, loss_chunk=step_config.loss_chunk)
+  ce, (count, correct) = loss_sums(params, config, batch, **step_config.loss_kw())
   return {"ce_sum": ce, "target_tokens": count, "correct": correct}
 
 
@@ -245,9 +273,11 @@ def build_steps(config: llama.LlamaConfig, train_config: Mapping[str, Any], mesh
                                opt_state=opt_state_shardings(abstract_state.opt_state, shapes, param_shardings, mesh),
                                nonfinite_step=replicated)
   batch_shardings = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
-  sc = StepConfig(grad_accum=int(train_config.get("grad_accum", 1)), loss_chunk=int(train_config.get("loss_chunk", 0)))
+  sc = step_config_from(train_config)
   if sc.grad_accum < 1:
     raise ValueError(f"config.train.grad_accum must be >= 1, got {sc.grad_accum}")
+  if not 0 <= sc.frozen_layers <= config.num_layers:
+    raise ValueError(f"config.train.frozen_layers={sc.frozen_layers} outside [0, {config.num_layers}] layers")
   step = functools.partial(train_step, config=config, tx=tx, schedule=schedule, step_config=sc, grad_mask=grad_mask,
                            logical_axes=logical_axes, param_shardings=param_shardings)
   train_jit = jax.jit(step, in_shardings=(state_shardings, batch_shardings, replicated),
@@ -269,6 +299,17 @@ def build_steps(config: llama.LlamaConfig, train_config: Mapping[str, Any], mesh
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
+
+def check_target_positions(host_batch: Mapping[str, np.ndarray], m: int, stage: str, step: int) -> None:
+  """With config.train.target_positions = m, a row with more target tokens would lose some from the loss: refuse."""
+  if not m:
+    return
+  per_row = (np.asarray(host_batch["weights"]) > 0).sum(axis=1)
+  if per_row.max(initial=0) > m:
+    r = int(per_row.argmax())
+    raise ValueError(f"[{stage}] step {step}: batch row {r} has {int(per_row[r])} target tokens but "
+                     f"config.train.target_positions={m}; raise it (or 0 = every position)")
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -296,8 +337,8 @@ def evaluate_loss(steps: CompiledSteps, params: Any, pipeline, mesh: Mesh, rules
 
 
 def ndcg_eval_fn(model_config: llama.LlamaConfig, tokenizer: Any, trie: Any, queries, *, ks=(1, 3, 5),
-                 setting: str = "multi-domain", beam_size: int = 5, batch_size: int = 8
-                 ) -> Callable[[TrainState], dict]:
+                 setting: str = "multi-domain", beam_size: int = 5, batch_size: int = 8,
+                 system_prompt: str | None = None) -> Callable[[TrainState], dict]:
   """`eval_fn` for `fit`: dev NDCG@k / Recall@k of the current params through trie-constrained beam search
   (`toolgen_jax.generative.GenerativeRetriever` + `evaluation.harness.evaluate`), all dev queries pooled."""
   from toolgen_jax import generative  # local: generative imports training
@@ -306,7 +347,7 @@ def ndcg_eval_fn(model_config: llama.LlamaConfig, tokenizer: Any, trie: Any, que
   def fn(state: TrainState) -> dict:
     retriever = generative.GenerativeRetriever(params=state.params, model_config=model_config, tokenizer=tokenizer,
                                                trie=trie, beam_size=max(beam_size, max(ks)), batch_size=batch_size,
-                                               progress=False)
+                                               progress=False, system_prompt=system_prompt)
     res = harness.evaluate(retriever, queries, ks=ks, settings=(setting,))
     cell = res[setting][harness.ALL][harness.ALL]
     return {k: float(v) for k, v in cell.items() if k.startswith(("ndcg@", "recall@"))}
@@ -354,6 +395,7 @@ def fit(*, model_config: llama.LlamaConfig, params: Any, train_config: Mapping[s
   else:
     state = steps.init(jax.device_put(params, steps.state_shardings.params))
   start = int(jax.device_get(state.step))
+  m_targets = int(tc.get("target_positions", 0))
   rng = jax.random.PRNGKey(seed)
   log_every, eval_every = max(1, int(tc["log_every"])), int(tc.get("eval_every", 0))
   history: list[dict] = []
@@ -398,6 +440,7 @@ def fit(*, model_config: llama.LlamaConfig, params: Any, train_config: Mapping[s
   try:
     for s in range(start, total):
       host_batch = pipeline.batch(s)
+      check_target_positions(host_batch, m_targets, stage, s)
       batch = shd.host_local_batch_to_global(host_batch, mesh, rules)
       if s == start:
         t0 = time.perf_counter()
