@@ -13,7 +13,7 @@ from toolgen_jax import config as base
 
 
 def get_config():
-  c = base.base_config()
+  c = base.cpu_recipe(base.base_config())
   c.data.source = "bfcl"
   c.data.test_fraction = 0.2
   c.codebook.method = "rqvae"
@@ -22,13 +22,8 @@ def get_config():
   c.codebook.steps = 400
   c.vocab.init = "codebook"
   c.train.stages = ("memorization", "retrieval")
-  c.train.stage_steps.memorization = 40
-  c.train.stage_steps.retrieval = 60
-  c.train.batch_size = 8
-  c.train.seq_len = 96
-  c.train.packing = "bucket"
-  c.train.learning_rate = 2e-4
-  c.train.warmup_fraction = 0.1
+  c.train.stage_steps.memorization = 200
+  c.train.stage_steps.retrieval = 200
   c.train.log_every = 10
   c.train.tensorboard = True
   c.eval.max_queries = 160

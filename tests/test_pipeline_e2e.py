@@ -95,3 +95,34 @@ def test_second_run_resumes(run):
   after = json.loads((wd / "status.json").read_text())
   for step in ("corpus", "embeddings", "codebook"):
     assert after[step]["time"] == before[step]["time"], step  # not redone
+
+
+def test_toolscaler_post_guided_refinement_runs_in_the_pipeline(tmp_path):
+  """refine_rounds=1: the trained model re-embeds the tools, codes are re-quantised (same tokens), the last stage is
+  retrained on them, the final codebook is what evaluation, the artifact and add_tools use; a re-run reuses it."""
+  c = tiny_config(**{"codebook.method": "residual_kmeans", "codebook.levels": 2, "codebook.size": 8,
+                     "codebook.pca_dim": 8, "train.refine_rounds": 1, "train.steps": 20, "eval.max_queries": 12,
+                     "eval.train_queries": 0, "eval.perplexity": False, "eval.baselines": ()})
+  report = pipeline.run(c, str(tmp_path))
+  assert report["files"]["bfcl"]["methods"]["residual_kmeans"]
+  hist = json.loads((tmp_path / "codebook" / "refinement.json").read_text())
+  assert [h["round"] for h in hist] == [0] and hist[0]["changed_tools"] >= 0
+  assert (tmp_path / "checkpoints" / "retrieval_refine0").exists()
+  from toolgen_jax.codebook import codebook as cb_lib
+  initial, final = cb_lib.load(tmp_path / "codebook_initial"), cb_lib.load(tmp_path / "codebook")
+  assert final.encoder["kind"] == "llm_mean" and initial.encoder["kind"] != "llm_mean"
+  assert set(initial.tokens()) <= set(final.tokens())  # same code tokens (a collision suffix may add some)
+  np.testing.assert_array_equal(final.codes, cb_lib.load(tmp_path / "codebook_refine0").codes)
+  trained = pipeline.load_trained(tmp_path)
+  np.testing.assert_array_equal(trained.codebook.codes, final.codes)
+  # New tools are coded through the trained model's own embedding (the quantiser's input space).
+  from toolgen_jax.data.records import Tool
+  new = [Tool(id=-1, tool_name="brand_new", api_name=f"fn{i}", category="misc", description=f"does thing {i}")
+         for i in range(2)]
+  rep = trained.add_tools(new)
+  assert trained.codebook.num_tools == final.num_tools + 2, rep
+  ranked = trained.retriever(progress=False).rank([q for q in trained.dataset.queries][:2], 3, [None, None])
+  assert all(len(r) >= 1 for r in ranked)
+  # A second run resumes: the refined codebook is reused, not re-derived from the final params.
+  pipeline.run(c, str(tmp_path))
+  np.testing.assert_array_equal(cb_lib.load(tmp_path / "codebook").codes, final.codes)

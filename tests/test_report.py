@@ -69,3 +69,23 @@ def test_codebook_section():
   assert "### Codebook statistics" in md
   # 2 of 4 codes used per level; the last two tools collide on (1, 1); 4 tools over 3 distinct full codes.
   assert "| rqvae | 0.2500 | 0.500 / 0.500 | 2.0 / 1.8 | 2.00 / 1.33 |" in md
+
+
+def test_combine_puts_runs_side_by_side_and_keeps_shared_baselines_once(tmp_path, sample_report):
+  import copy
+  a = copy.deepcopy(sample_report)
+  b = copy.deepcopy(sample_report)
+  b["files"]["toy.json"]["methods"] = {"good": a["files"]["toy.json"]["methods"]["good"],  # shared, identical
+                                       "bad": a["files"]["toy.json"]["methods"]["good"]}  # same name, other numbers
+  out = report.combine([a, b], ["run_a", "run_b"])
+  methods = out["files"]["toy.json"]["methods"]
+  assert list(methods) == ["good", "bad", "bad (run_b)"]
+  assert set(out["perplexity"]) == {"base", "base (run_b)"}
+  b["files"]["toy.json"]["n_queries"] = 4
+  with pytest.raises(ValueError, match="same queries"):
+    report.combine([a, b], ["run_a", "run_b"])
+  for name, rep in (("a", a), ("c", sample_report)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "report.json").write_text(json.dumps(rep))
+  report.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "out")])
+  assert "| all | all | good | 3 |" in (tmp_path / "out" / "report.md").read_text()

@@ -108,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
   # System turn of the memorisation/retrieval prompts (training and inference alike). None = the chat template's own
   # default (SmolLM2 inserts a 30-token one); "" = an empty system turn, so a short query is a short sequence.
   c.train.system_prompt = ml_collections.config_dict.placeholder(str)
+  c.train.memorization_max_chars = 0  # >0: memorisation documents cut here (data.doc_max_chars otherwise); the
+                                      # tool embeddings and the BM25 documents keep data.doc_max_chars
   c.train.frozen_layers = 0       # bottom layers (and input embedding) get no gradient: backward stops there
   c.train.target_positions = 0    # >0: LM head + CE only on each row's first m target tokens (0 = all positions)
   c.train.loss_chunk = 0          # >0: cross-entropy over sequence chunks of this many tokens (no full [B,T,V] logits)
@@ -192,13 +194,31 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-SCALES = ("small", "paper")
+SCALES = ("small", "real", "paper")
+
+
+def cpu_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What makes SmolLM2 trainable on a 2-core CPU (benchmarks/cpu_recipe.py: ~3x per step, and ~2x fewer tokens):
+  short prompts (no default system turn, memorised documents cut to fit), backward through the top 6 of 30 layers only, and
+  the LM head on the target tokens only. The papers fine-tune everything; the `paper` variant does."""
+  c.train.memorization_max_chars = 180
+  c.train.system_prompt = ""
+  c.train.frozen_layers = 24
+  c.train.target_positions = 8
+  c.train.seq_len = 64
+  c.train.packing = "bucket"
+  c.train.batch_size = 8
+  c.train.learning_rate = 5e-4
+  c.train.warmup_fraction = 0.1
+  return c
 
 
 def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collections.ConfigDict:
-  """The two variants every method config has (`--config=configs/NAME.py:small|paper`).
+  """The variants every method config has (`--config=configs/NAME.py:small|real|paper`).
 
-  small: the embedded BFCL corpus, SmolLM2-135M, a CPU-sized budget (minutes on 2 cores).
+  small: the embedded BFCL corpus, SmolLM2-135M, the CPU recipe and a budget of minutes on 2 cores.
+  real: the documented real-data protocol (`data/protocol.py`: ToolLens + StableToolBench + Gorilla) from
+    $TOOLGEN_DATA (default ../shared/data), SmolLM2-135M, the CPU recipe, about half an hour on 2 cores.
   paper: the papers' scale: Llama-3-8B from a local checkpoint on a TPU/GPU mesh (FSDP over every device), bf16
     compute with fp32 master weights, rematerialisation, the ToolBench data you downloaded. Set the two paths:
       --config.model.checkpoint=/path/to/Meta-Llama-3-8B --config.data.path=/path/to/ToolBench/data
@@ -206,9 +226,19 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
   scale = scale or "small"
   if scale not in SCALES:
     raise ValueError(f"unknown config variant {scale!r}; expected one of {SCALES}")
-  if scale == "small":
-    c.data.source = "bfcl"
+  if scale in ("small", "real"):
     c.model.checkpoint = "smollm2"
+    cpu_recipe(c)
+    c.train.stages = ("memorization", "retrieval")
+    c.train.stage_steps.memorization = 200
+    c.train.stage_steps.retrieval = 200
+    c.data.source = "bfcl"
+    if scale == "real":
+      import os
+      c.data.source = "real_protocol"
+      c.data.path = os.environ.get("TOOLGEN_DATA", "../shared/data")
+      c.train.stage_steps.retrieval = 400
+      c.eval.train_queries = 100
     return c
   c.data.source = "toolbench"
   c.data.path = ""                # required: a ToolBench download (toolenv/tools, instruction, answer)

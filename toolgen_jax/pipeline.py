@@ -244,38 +244,131 @@ def cb_token(cb, level: int, code: int) -> str:
   return cb_lib.atomic_token(code) if cb.token_kind == "atomic" else cb_lib.code_token(level, code)
 
 
-def train(config, wd: Workdir, ds, cb, model: Model) -> Any:
-  """Runs `config.train.stages` in order; each resumes from its own checkpoints; returns the final params."""
+def train(config, wd: Workdir, ds, cb, model: Model) -> tuple[Any, Any, Model]:
+  """Runs `config.train.stages` in order, then `config.train.refine_rounds` Toolscaler post-guided rounds; each
+  stage resumes from its own checkpoints. Returns (final params, the codebook they were trained on, the model
+  (refinement may add code tokens))."""
   from toolgen_jax.training import input_pipeline as ip
   from toolgen_jax.training import sharding as shd
   from toolgen_jax.training import stages as stages_lib
   from toolgen_jax.training import train as train_lib
 
   mesh = shd.make_mesh(config.mesh)
-  params = model.params
   train_q = [q for q in ds.queries if q.split == "train"]
   split_of = {q.id: q.split for q in ds.queries}
   train_t = [t for t in ds.trajectories if split_of.get(t.query_id, "train") == "train"]
-  for stage in config.train.stages:
+
+  def fit_stage(stage: str, name: str, params, cb, model: Model):
     examples = stages_lib.stage_examples(stage, corpus=ds.corpus, queries=train_q, trajectories=train_t,
-                                         codebook=code_targets(cb, model.tokenizer), tokenizer=model.tokenizer, train_config=config.train,
-                                         data_config=config.data, finish_id=getattr(cb, "finish_id", None))
+                                         codebook=code_targets(cb, model.tokenizer), tokenizer=model.tokenizer,
+                                         train_config=config.train, data_config=config.data,
+                                         finish_id=getattr(cb, "finish_id", None))
     pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(config.train.batch_size),
                             seq_len=int(config.train.seq_len), seed=int(config.seed),
                             pad_id=model.tokenizer.pad_id or 0, mode=config.train.packing)
     steps = _stage_steps(config, stage, len(examples))
-    _say(f"[train:{stage}] {len(examples)} examples, {steps} steps of {config.train.batch_size} "
+    _say(f"[train:{name}] {len(examples)} examples, {steps} steps of {config.train.batch_size} "
          f"({steps * int(config.train.batch_size) / max(len(examples), 1):.2f} epochs)")
     res = train_lib.fit(model_config=model.config, params=params, train_config=config.train, mesh=mesh,
-                        rules=config.mesh.logical_axis_rules, pipeline=pipe, workdir=wd.root, stage=stage,
+                        rules=config.mesh.logical_axis_rules, pipeline=pipe, workdir=wd.root, stage=name,
                         total_steps=steps, seed=int(config.seed), new_token_start=model.new_token_start)
-    params = res.state.params
     hist = res.history
     if hist:
-      _say(f"[train:{stage}] loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+      _say(f"[train:{name}] loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+    return res.state.params
+
+  params = model.params
+  for stage in config.train.stages:
+    params = fit_stage(stage, stage, params, cb, model)
+  rounds = int(config.train.refine_rounds)
+  if rounds:
+    params, cb, model = refine(config, wd, ds, cb, model, params, rounds, fit_stage)
   save_trained(wd, model, params)
-  wd.mark("train", stages=list(config.train.stages))
-  return params
+  wd.mark("train", stages=list(config.train.stages), refine_rounds=rounds)
+  return params, cb, model
+
+
+def llm_tool_embeddings(config, model: Model, params, docs: list[str], batch_size: int = 16) -> np.ndarray:
+  """[N, D] masked-mean final hidden states of the tool documents under `params` (Toolscaler's re-embedding)."""
+  from toolgen_jax.training import input_pipeline as ip
+  from toolgen_jax.training import stages as stages_lib
+  ids = [ip.encode_text(model.tokenizer, d)[:int(config.encoder.max_len)] or [model.tokenizer.pad_id or 0]
+         for d in docs]
+  T = -(-max(len(x) for x in ids) // 16) * 16  # one padded length: one compilation
+
+  def batches():
+    for i in range(0, len(ids), batch_size):
+      chunk = ids[i:i + batch_size]
+      tok = np.zeros((batch_size, T), np.int32)
+      mask = np.zeros((batch_size, T), np.int32)
+      for r, x in enumerate(chunk):
+        tok[r, :len(x)], mask[r, :len(x)] = x, 1
+      yield tok, mask
+
+  out = stages_lib.mean_hidden_embeddings(params, model.config, batches())
+  return out[:len(ids)]
+
+
+def refine(config, wd: Workdir, ds, cb, model: Model, params, rounds: int, fit_stage) -> tuple[Any, Any, Model]:
+  """Toolscaler's post-guided refinement: re-embed every tool with the trained model, re-quantise with the same
+  method and shape (the code tokens stay the same vocabulary and keep their trained rows; only the tool -> code
+  assignment moves; a collision suffix the new codes need is added as new tokens), retrain the last stage on them. Each round's codebook is kept as WORKDIR/codebook_refine<r> (a resumed run reuses it,
+  never re-derives it from later params); the final one replaces WORKDIR/codebook, the first moves to
+  codebook_initial."""
+  import shutil
+  from toolgen_jax.codebook import codebook as cb_lib
+  from toolgen_jax.models import vocab as vocab_lib
+  from toolgen_jax.training import stages as stages_lib
+  docs = tool_documents(config, ds)
+  names = [t.name for t in ds.corpus]
+  last = config.train.stages[-1]
+  state = {"round": 0, "model": model, "params": params}
+
+  def embed_tools(p):
+    if (wd / f"codebook_refine{state['round']}" / "manifest.json").exists():
+      return np.zeros((0,), np.float32)  # this round's codebook exists: quantize() reloads it
+    _say(f"[refine {state['round']}] re-embedding {len(docs)} tools with the trained model")
+    return llm_tool_embeddings(config, state["model"], p, docs)
+
+  def quantize(emb, old):
+    path = wd / f"codebook_refine{state['round']}"
+    if (path / "manifest.json").exists():
+      new = cb_lib.load(path)
+    else:
+      new = cb_lib.build(config.codebook, emb, names, cooccurrence=ds.cooccurrence,
+                         encoder={"kind": "llm_mean", "max_len": int(config.encoder.max_len)}, progress=True)
+      new.save(path)
+    return new
+
+  def swap_tokens(p, old, new):
+    m = state["model"]
+    missing = [t for t in new.tokens() if m.tokenizer.token_to_id(t) is None]
+    if not missing:
+      return p
+    _say(f"[refine {state['round']}] adding {len(missing)} code tokens the new codes need ({missing[0]}...)")
+    kw = dict(rng=int(config.seed), pad_to_multiple=int(config.vocab.pad_to_multiple))
+    p, mcfg, tok = vocab_lib.extend_vocab(p, m.config, m.tokenizer, missing, "random", **kw)
+    base, _, _ = vocab_lib.extend_vocab(m.params, m.config, m.tokenizer, missing, "random", **kw)  # same shapes
+    state["model"] = dataclasses.replace(m, params=base, config=mcfg, tokenizer=tok)
+    return p
+
+  def train_round(p, new_cb, r):
+    out = fit_stage(last, f"{last}_refine{r}", p, new_cb, state["model"])
+    state["round"] = r + 1
+    return out, {}
+
+  params, cb_new, history = stages_lib.post_guided_refinement(params, cb, rounds=rounds, train=train_round,
+                                                              embed_tools=embed_tools, quantize=quantize,
+                                                              swap_tokens=swap_tokens)
+  for h in history:
+    _say(f"[refine {h.round}] {h.changed_tools} of {cb.num_tools} tools changed code")
+  if not (wd / "codebook_initial").exists():
+    shutil.copytree(wd / "codebook", wd / "codebook_initial")
+  cb_new.save(wd / "codebook")
+  codebook_plots(cb_new, ds, wd / "codebook")
+  (wd / "codebook" / "refinement.json").write_text(json.dumps(
+      [{"round": h.round, "changed_tools": h.changed_tools} for h in history], indent=2))
+  return params, cb_new, state["model"]
 
 
 # ---- the trained model as an artifact ----------------------------------------------------------------------------
@@ -344,8 +437,11 @@ class Trained:
     from toolgen_jax.models import vocab as vocab_lib
     tools = list(tools)
     docs = [tool_document(t, self.config.data.doc_template, self.config.data.doc_max_chars) for t in tools]
-    enc = embed.load_encoder(self.config.encoder.path or self.config.encoder.kind)
-    x = enc.encode(docs, batch_size=int(self.config.encoder.batch_size), max_len=int(self.config.encoder.max_len))
+    if self.codebook.encoder.get("kind") == "llm_mean":  # post-guided codes: embed with the trained model itself
+      x = llm_tool_embeddings(self.config, self.model, self.model.params, docs)
+    else:
+      enc = embed.load_encoder(self.config.encoder.path or self.config.encoder.kind)
+      x = enc.encode(docs, batch_size=int(self.config.encoder.batch_size), max_len=int(self.config.encoder.max_len))
     report = self.codebook.add_tools(embeddings=x, names=[t.name for t in tools])
     missing = [t for t in self.codebook.tokens() if self.model.tokenizer.token_to_id(t) is None]
     if missing:
@@ -450,7 +546,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   emb = load_embeddings(config, wd, ds)
   cb = load_codebook(config, wd, ds, emb)
   model = build_model(config, wd, ds, cb)
-  params = train(config, wd, ds, cb, model)
+  params, cb, model = train(config, wd, ds, cb, model)
   result = evaluate(config, wd, ds, cb, model, params, emb)
   report = {"files": {f"{config.data.source}": {
       "path": str(config.data.path or config.data.source), "n_queries": result["queries"],

@@ -142,3 +142,50 @@ def write_report(report: dict, workdir: str | pathlib.Path) -> dict[str, object]
   md_path.write_text(markdown_tables(report))
   plots = plot_ndcg(report, workdir / "plots")
   return {"json": json_path, "markdown": md_path, "plots": plots}
+
+
+def combine(reports: Sequence[dict], labels: Sequence[str] | None = None) -> dict:
+  """One report from several runs on the same queries (e.g. toolweaver, toolscaler, toolgen workdirs): every run's
+  methods side by side per file; a method two runs share (the baselines) must have identical numbers and is kept
+  once, a differing one is kept under 'method (label)'. Perplexity and codebook entries are merged by label."""
+  labels = list(labels) if labels is not None else [str(i) for i in range(len(reports))]
+  out: dict = {"files": {}, "perplexity": {}, "codebook": {}, "meta": {"combined": labels}}
+  for label, rep in zip(labels, reports):
+    for fname, entry in rep.get("files", {}).items():
+      dest = out["files"].setdefault(fname, {"path": entry.get("path"), "n_queries": entry.get("n_queries"),
+                                             "methods": {}})
+      if dest["n_queries"] != entry.get("n_queries"):
+        raise ValueError(f"report {label}: file {fname} has {entry.get('n_queries')} queries, an earlier report "
+                         f"{dest['n_queries']}; combine runs on the same queries only")
+      for method, res in entry["methods"].items():
+        name = method
+        if name in dest["methods"] and dest["methods"][name] != res:
+          name = f"{method} ({label})"
+        dest["methods"].setdefault(name, res)
+    for key in ("perplexity", "codebook"):
+      for k, v in rep.get(key, {}).items():
+        out[key][k if k not in out[key] else f"{k} ({label})"] = v
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """python -m toolgen_jax.evaluation.report --out DIR WORKDIR [WORKDIR ...]: one table over several runs."""
+  import argparse
+  ap = argparse.ArgumentParser(description=main.__doc__)
+  ap.add_argument("workdirs", nargs="+")
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  reports, labels = [], []
+  for wd in args.workdirs:
+    path = pathlib.Path(wd) / "report.json"
+    if not path.exists():
+      raise SystemExit(f"{path} does not exist: run the pipeline on {wd} first")
+    reports.append(json.loads(path.read_text()))
+    labels.append(pathlib.Path(wd).name)
+  paths = write_report(combine(reports, labels), args.out)
+  print(pathlib.Path(paths["markdown"]).read_text())
+  print(f"[report] {paths['json']}  {paths['markdown']}")
+
+
+if __name__ == "__main__":
+  main()

@@ -171,7 +171,8 @@ def stage_examples(stage: str, *, corpus: ToolCorpus, queries: Sequence[Query] =
   if stage == "memorization":
     return memorization_examples(corpus, codebook, tokenizer, template=dc.get("doc_template",
                                                                                docs_lib.DEFAULT_TEMPLATE),
-                                 max_chars=dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS),
+                                 max_chars=int(tc.get("memorization_max_chars", 0) or
+                                               dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS)),
                                  system_prompt=tc.get("system_prompt"))
   if stage == "retrieval":
     return retrieval_examples(queries, codebook, tokenizer, multi_target=tc.get("multi_target", "separate"),
@@ -208,8 +209,11 @@ def post_guided_refinement(params: Any, codebook: Any, *, rounds: int,
     new = quantize(emb, codebook)
     old_codes = np.asarray(getattr(codebook, "codes", np.zeros((0,))))
     new_codes = np.asarray(getattr(new, "codes", np.zeros((0,))))
-    changed = int(np.any(old_codes != new_codes, axis=-1).sum()) if old_codes.shape == new_codes.shape and \
-        old_codes.ndim == 2 else -1
+    changed = -1
+    if old_codes.ndim == 2 and new_codes.ndim == 2 and len(old_codes) == len(new_codes):
+      w = max(old_codes.shape[1], new_codes.shape[1])  # a collision suffix level may come or go: pad with -1
+      pad = lambda c: np.pad(c, ((0, 0), (0, w - c.shape[1])), constant_values=-1)
+      changed = int(np.any(pad(old_codes) != pad(new_codes), axis=-1).sum())
     if swap_tokens is not None:
       params = swap_tokens(params, codebook, new)
     codebook = new
