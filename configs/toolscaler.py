@@ -1,4 +1,10 @@
-"""Toolscaler: PCA + deep residual k-means (K=512, code length 4 = 2 positions x 2 levels), post-guided rounds.
+"""Toolscaler: gist compression, PCA + deep residual k-means (K=512, code length 4 = 2 gist positions x 2 levels),
+post-guided refinement rounds.
+
+:paper trains the gist encoder (2 gist tokens + LoRA on the backbone, field reconstruction; encoder.kind='gist').
+:small and :real embed with MiniLM instead (one position, code length 2): the gist encoder backpropagates through all
+30 layers of SmolLM2, ~20 CPU minutes for a corpus of 2k tools; add --config.encoder.kind=gist to pay for it.
+:real runs one post-guided round; :small none.
 
   python -m toolgen_jax.main --config=configs/toolscaler.py:small --workdir=workdirs/toolscaler
   python -m toolgen_jax.main --config=configs/toolscaler.py:paper --workdir=... \
@@ -15,5 +21,11 @@ def get_config(arg: str | None = None):
   c.codebook.size = 512 if arg == "paper" else 128
   c.codebook.pca_dim = 32
   c.vocab.init = "codebook"
-  c.train.refine_rounds = 2 if arg == "paper" else 0
+  if arg == "paper":
+    c.encoder.kind = "gist"
+    c.encoder.gist_steps = 2000
+  c.train.refine_rounds = {"paper": 2, "real": 1}.get(arg, 0)  # post-guided rounds (CPU :small skips them)
+  if arg == "real":
+    c.train.stage_steps.retrieval = 250   # 250 + one 150-step refined round = the other methods' 400 steps
+    c.train.stage_steps.refine = 150
   return base.lock(c)

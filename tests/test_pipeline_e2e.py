@@ -126,3 +126,28 @@ def test_toolscaler_post_guided_refinement_runs_in_the_pipeline(tmp_path):
   # A second run resumes: the refined codebook is reused, not re-derived from the final params.
   pipeline.run(c, str(tmp_path))
   np.testing.assert_array_equal(cb_lib.load(tmp_path / "codebook").codes, final.codes)
+
+
+def test_toolscaler_gist_embeddings_feed_residual_kmeans(tmp_path):
+  """encoder.kind='gist': gist tokens + LoRA trained on field reconstruction give [N, V, D] embeddings, residual
+  k-means codes V positions x L levels, the similarity baseline still reads MiniLM, and add_tools codes unseen tools
+  through the stored gist encoder (a near-duplicate document shares its original's first code)."""
+  c = tiny_config(**{"encoder.kind": "gist", "encoder.gist_tokens": 2, "encoder.gist_steps": 30,
+                     "encoder.max_len": 64, "codebook.method": "residual_kmeans", "codebook.levels": 2,
+                     "codebook.size": 8, "codebook.pca_dim": 8, "train.steps": 10, "eval.max_queries": 8,
+                     "eval.train_queries": 0, "eval.perplexity": False, "eval.baselines": ("embedding",)})
+  report = pipeline.run(c, str(tmp_path))
+  emb = np.load(tmp_path / "embeddings" / "gist" / "embeddings.npy")
+  assert emb.shape[:2] == (48, 2) and np.isfinite(emb).all()
+  losses = json.loads((tmp_path / "embeddings" / "gist" / "losses.json").read_text())
+  assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])  # reconstruction is learned
+  assert set(report["files"]["bfcl"]["methods"]) == {"residual_kmeans", "embedding"}
+  trained = pipeline.load_trained(tmp_path)
+  assert trained.codebook.encoder["kind"] == "gist" and trained.codebook.codes.shape[1] >= 4  # 2 positions x 2
+  import dataclasses
+  orig = trained.dataset.corpus[3]
+  dup = dataclasses.replace(orig, api_name=orig.api_name + "_v2")
+  before = trained.codebook.num_tools
+  trained.add_tools([dup])
+  assert trained.codebook.num_tools == before + 1
+  assert trained.codebook.codes[before, 0] == trained.codebook.codes[3, 0]

@@ -51,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.batch_size = 64
   c.encoder.max_len = 128
   c.encoder.dtype = "float32"     # compute dtype of the Flax encoder
+  # kind="gist" (Toolscaler section 4.1): V gist tokens + LoRA on the backbone (model.checkpoint) trained to
+  # reconstruct each document field; the V gist hidden states are the tool's embedding positions [N, V, D].
+  c.encoder.gist_tokens = 2
+  c.encoder.gist_steps = 200
+  c.encoder.gist_batch_size = 8
+  c.encoder.gist_learning_rate = 1e-3
+  c.encoder.gist_lora_rank = 8
 
   # --- tool tokenization (toolgen_jax/codebook) --------------------------------------------------------------
   c.codebook = ml_collections.ConfigDict()
@@ -88,7 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.stages = ("memorization", "retrieval")
   c.train.steps = 100             # per stage (unless stage_steps names the stage)
-  c.train.stage_steps = ml_collections.ConfigDict({"memorization": 0, "retrieval": 0, "trajectory": 0})  # 0 = steps
+  # Steps per named stage (0 = train.steps); "refine" = each post-guided round's retraining (0 = its stage's steps).
+  c.train.stage_steps = ml_collections.ConfigDict({"memorization": 0, "retrieval": 0, "trajectory": 0, "refine": 0})
   c.train.batch_size = 8
   c.train.seq_len = 64
   c.train.learning_rate = 4e-5

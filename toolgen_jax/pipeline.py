@@ -98,8 +98,19 @@ def tool_documents(config, ds) -> list[str]:
 
 
 def load_embeddings(config, wd: Workdir, ds) -> np.ndarray:
+  """The quantiser's input: [N, D] sentence embeddings, or [N, V, D] gist embeddings (encoder.kind='gist')."""
+  if config.encoder.kind == "gist":
+    return gist_embeddings(config, wd, ds)
+  return sentence_embeddings(config, wd, ds)
+
+
+def sentence_embeddings(config, wd: Workdir, ds, kind: str | None = None) -> np.ndarray:
   from toolgen_jax.codebook import embed
   docs = tool_documents(config, ds)
+  if kind is not None:  # the embedding-similarity baseline's encoder when the quantiser reads gist embeddings
+    enc = embed.load_encoder(kind)
+    return embed.cached_encode(docs, wd / "embeddings" / kind, enc, batch_size=int(config.encoder.batch_size),
+                               max_len=int(config.encoder.max_len))
   enc = embed.load_encoder(config.encoder.path or config.encoder.kind)
   emb = embed.cached_encode(docs, wd / "embeddings", enc, batch_size=int(config.encoder.batch_size),
                             max_len=int(config.encoder.max_len))
@@ -107,6 +118,66 @@ def load_embeddings(config, wd: Workdir, ds) -> np.ndarray:
     wd.mark("embeddings", shape=list(emb.shape), encoder=enc.encoder_id)
   _say(f"[embeddings] {emb.shape[0]} tool documents x {emb.shape[1]} ({enc.encoder_id})")
   return emb
+
+
+def gist_config(config):
+  from toolgen_jax.codebook import gist
+  e = config.encoder
+  return gist.GistConfig(num_gist=int(e.gist_tokens), lora_rank=int(e.gist_lora_rank), steps=int(e.gist_steps),
+                         batch_size=int(e.gist_batch_size), learning_rate=float(e.gist_learning_rate),
+                         max_content=int(e.max_len), seed=int(config.seed))
+
+
+def gist_encoder(config, root: pathlib.Path):
+  """The trained gist encoder of a workdir -> (params, config, gist ids, tokenize)."""
+  from toolgen_jax.codebook import gist
+  from toolgen_jax.training import input_pipeline as ip
+  tok = load_tokenizer(config)
+  mcfg, params = load_backbone(config, tok)
+  state = dict(np.load(root / "embeddings" / "gist" / "state.npz"))
+  params, mcfg, ids = gist.restore_state(params, mcfg, state, gist_config(config))
+  return params, mcfg, ids, (lambda s: ip.encode_text(tok, s))
+
+
+def gist_embeddings(config, wd: Workdir, ds) -> np.ndarray:
+  """Toolscaler's semantic compression: trains V gist tokens + LoRA on the backbone to reconstruct every document
+  field from the gist alone, then embeds each tool as its V gist hidden states [N, V, D]. Stored in
+  WORKDIR/embeddings/gist (embeddings.npy, the encoder's trainable state for coding new tools, losses)."""
+  from toolgen_jax.codebook import gist
+  from toolgen_jax.training import input_pipeline as ip
+  path = wd / "embeddings" / "gist"
+  if wd.done("embeddings", config.pipeline.redo) and (path / "embeddings.npy").exists():
+    emb = np.load(path / "embeddings.npy")
+  else:
+    t0 = time.perf_counter()
+    tok = load_tokenizer(config)
+    mcfg, params = load_backbone(config, tok)
+    gcfg = gist_config(config)
+    tokenize = lambda s: ip.encode_text(tok, s)
+    fields = [gist.tool_fields(t) for t in ds.corpus]
+    _say(f"[embeddings] gist: training {gcfg.num_gist} gist tokens + LoRA r={gcfg.lora_rank} on "
+         f"{len(fields)} tools x {len(fields[0])} fields, {gcfg.steps} steps")
+    p, gm, ids, losses = gist.train(params, mcfg, fields, tokenize, gcfg, log=_say)
+    emb = gist.embed_tools(p, gm, fields, tokenize, ids, gcfg)
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / "state.npz", **gist.trainable_state(p, ids))
+    (path / "losses.json").write_text(json.dumps(losses))
+    np.save(path / "embeddings.npy", emb)
+    wd.mark("embeddings", shape=list(emb.shape), encoder="gist", seconds=round(time.perf_counter() - t0, 1))
+    wd.invalidate_after("embeddings")
+  _say(f"[embeddings] {emb.shape[0]} tools x {emb.shape[1]} gist positions x {emb.shape[2]} (gist)")
+  return emb
+
+
+def load_backbone(config, tok):
+  """(LlamaConfig, params) of config.model.checkpoint (a random tiny Llama for checkpoint='random')."""
+  from toolgen_jax.models import weights
+  if config.model.checkpoint == "random":
+    from toolgen_jax.models import llama
+    mcfg = llama.LlamaConfig.tiny(vocab_size=len(tok), eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
+                                  **config.model.random.to_dict(), **_model_overrides(config))
+    return mcfg, llama.init_params(mcfg, jax.random.PRNGKey(int(config.seed)))
+  return weights.load_pretrained(config.model.checkpoint, **_model_overrides(config))
 
 
 def load_tokenizer(config):
@@ -184,16 +255,9 @@ def build_model(config, wd: Workdir, ds, cb) -> Model:
   """Pretrained backbone + tool tokens (deterministic and cheap, so it is rebuilt rather than stored; the trained
   weights live in the checkpoints)."""
   from toolgen_jax.models import vocab as vocab_lib
-  from toolgen_jax.models import weights
   t0 = time.perf_counter()
   tok = load_tokenizer(config)
-  if config.model.checkpoint == "random":
-    from toolgen_jax.models import llama
-    mcfg = llama.LlamaConfig.tiny(vocab_size=len(tok), eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
-                                  **config.model.random.to_dict(), **_model_overrides(config))
-    params = llama.init_params(mcfg, jax.random.PRNGKey(int(config.seed)))
-  else:
-    mcfg, params = weights.load_pretrained(config.model.checkpoint, **_model_overrides(config))
+  mcfg, params = load_backbone(config, tok)
   n_old = len(tok)
   new_tokens = cb.tokens()
   kw: dict[str, Any] = {}
@@ -266,7 +330,8 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> tuple[Any, Any, Model]:
     pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(config.train.batch_size),
                             seq_len=int(config.train.seq_len), seed=int(config.seed),
                             pad_id=model.tokenizer.pad_id or 0, mode=config.train.packing)
-    steps = _stage_steps(config, stage, len(examples))
+    steps = _stage_steps(config, "refine" if name != stage else stage, len(examples)) or \
+        _stage_steps(config, stage, len(examples))
     _say(f"[train:{name}] {len(examples)} examples, {steps} steps of {config.train.batch_size} "
          f"({steps * int(config.train.batch_size) / max(len(examples), 1):.2f} epochs)")
     res = train_lib.fit(model_config=model.config, params=params, train_config=config.train, mesh=mesh,
@@ -419,6 +484,7 @@ class Trained:
   dataset: Any
   codebook: Any
   model: Model          # model.params = the trained params
+  root: pathlib.Path | None = None  # the workdir (gist codebooks code new tools with its stored gist encoder)
 
   def retriever(self, **kw):
     from toolgen_jax.generative import GenerativeRetriever
@@ -439,6 +505,12 @@ class Trained:
     docs = [tool_document(t, self.config.data.doc_template, self.config.data.doc_max_chars) for t in tools]
     if self.codebook.encoder.get("kind") == "llm_mean":  # post-guided codes: embed with the trained model itself
       x = llm_tool_embeddings(self.config, self.model, self.model.params, docs)
+    elif self.codebook.encoder.get("kind") == "gist":     # the workdir's trained gist encoder
+      from toolgen_jax.codebook import gist
+      if self.root is None:
+        raise ValueError("add_tools on a gist codebook needs the workdir (use pipeline.load_trained)")
+      gp, gm, ids, tokenize = gist_encoder(self.config, self.root)
+      x = gist.embed_tools(gp, gm, [gist.tool_fields(t) for t in tools], tokenize, ids, gist_config(self.config))
     else:
       enc = embed.load_encoder(self.config.encoder.path or self.config.encoder.kind)
       x = enc.encode(docs, batch_size=int(self.config.encoder.batch_size), max_len=int(self.config.encoder.max_len))
@@ -471,12 +543,15 @@ def load_trained(workdir) -> Trained:
   tok = tok_lib.load_tokenizer(mdir / "tokenizer")
   start = json.loads((mdir / "model.json").read_text())["new_token_start"]
   return Trained(config=config, dataset=data.load_dataset(wd / "dataset"), codebook=cb_lib.load(wd / "codebook"),
-                 model=Model(config=mcfg, params=params, tokenizer=tok, new_token_start=start))
+                 model=Model(config=mcfg, params=params, tokenizer=tok, new_token_start=start), root=wd.root)
 
 
 def _stage_steps(config, stage: str, n_examples: int) -> int:
+  """Steps of a stage: stage_steps[stage] if set; "refine" unset gives 0 (the caller falls back to its stage)."""
   del n_examples
   per = config.train.stage_steps
+  if stage == "refine":
+    return int(per.get("refine", 0))
   return int(per[stage]) if stage in per and int(per[stage]) > 0 else int(config.train.steps)
 
 
@@ -547,6 +622,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cb = load_codebook(config, wd, ds, emb)
   model = build_model(config, wd, ds, cb)
   params, cb, model = train(config, wd, ds, cb, model)
+  if emb.ndim != 2:  # gist embeddings feed the quantiser; the similarity baseline reads sentence embeddings
+    emb = sentence_embeddings(config, wd, ds, kind="minilm")
   result = evaluate(config, wd, ds, cb, model, params, emb)
   report = {"files": {f"{config.data.source}": {
       "path": str(config.data.path or config.data.source), "n_queries": result["queries"],

@@ -114,9 +114,8 @@ def resolve_encoder_path(spec: str | os.PathLike = "minilm") -> pathlib.Path:
   if str(spec) in ("", "minilm"):
     return assets.minilm_dir()
   if str(spec) == "gist":
-    raise ValueError("encoder.kind='gist' embeddings need the LLM: train with toolgen_jax.codebook.gist.train, "
-                     "compute gist.embed_tools(...) [N, V, D] and pass them as embeddings (not wired into the "
-                     "pipeline yet); or use 'minilm' / a BERT/MPNet directory (encoder.kind='bert_dir')")
+    raise ValueError("encoder.kind='gist' embeddings come from the LLM, not a sentence encoder: the pipeline "
+                     "trains them (pipeline.gist_embeddings); by hand, gist.train then gist.embed_tools [N, V, D]")
   if str(spec) == "bert_dir":
     raise ValueError("encoder.kind='bert_dir' needs encoder.path: a local BERT/MPNet directory")
   path = pathlib.Path(spec)

@@ -16,7 +16,6 @@ backbone and the gist embeddings as the only other trainable parameters (`lora.t
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -137,6 +136,49 @@ def train(params, config: llama.LlamaConfig, docs: Sequence[Mapping[str, str]], 
     if log and (s + 1) % max(cfg.steps // 10, 1) == 0:
       log(f"gist step {s + 1}/{cfg.steps}: loss {losses[-1]:.4f}")
   return params, config, gist_ids, losses
+
+
+def tool_fields(tool) -> dict[str, str]:
+  """The document fields a gist reconstructs (Toolscaler: name, description, parameters, ...) of a `Tool`."""
+  props = (tool.parameters or {}).get("properties", {}) if isinstance(tool.parameters, dict) else {}
+  return {"name": tool.name, "category": tool.category or "", "description": tool.description or "",
+          "parameters": ", ".join(props) if props else "none"}
+
+
+def trainable_state(params, gist_ids) -> dict[str, np.ndarray]:
+  """What training changed (LoRA factors, the gist rows of the embedding / head) as a flat {path: array}, so a gist
+  encoder is stored in megabytes and rebuilt on the same backbone with `restore_state`."""
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if "lora" in name:
+      out[name] = np.asarray(x)
+  ids = np.asarray(gist_ids)
+  out["embed/embedding/gist_rows"] = np.asarray(params["embed"]["embedding"])[ids]
+  if "lm_head" in params:
+    out["lm_head/kernel/gist_cols"] = np.asarray(params["lm_head"]["kernel"])[:, ids]
+  return out
+
+
+def restore_state(params, config: llama.LlamaConfig, state: Mapping[str, np.ndarray], cfg: GistConfig):
+  """Backbone params -> the trained gist encoder (params, config, gist ids), from `trainable_state`'s output."""
+  params, config, gist_ids = add_gist_tokens(params, config, cfg.num_gist)
+  params, config = lora_lib.apply_lora(params, config, jax.random.fold_in(jax.random.key(cfg.seed), 1),
+                                       rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
+  def put(path, x):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if "lora" not in name:
+      return x
+    if name not in state or state[name].shape != x.shape:
+      raise ValueError(f"gist state: {name} missing or of another shape (expected {x.shape})")
+    return jnp.asarray(state[name], x.dtype)
+  params = jax.tree_util.tree_map_with_path(put, params)
+  emb = params["embed"]["embedding"]
+  params["embed"] = {"embedding": emb.at[gist_ids].set(jnp.asarray(state["embed/embedding/gist_rows"], emb.dtype))}
+  if "lm_head" in params:
+    k = params["lm_head"]["kernel"]
+    params["lm_head"] = {"kernel": k.at[:, gist_ids].set(jnp.asarray(state["lm_head/kernel/gist_cols"], k.dtype))}
+  return params, config, gist_ids
 
 
 def embed_tools(params, config: llama.LlamaConfig, docs: Sequence[Mapping[str, str]], tokenize, gist_ids,
