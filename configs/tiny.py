@@ -33,5 +33,6 @@ def get_config():
   c.train.tensorboard = False
   c.eval.batch_size = 8
   c.eval.perplexity_tokens = 256
+  c.eval.memorization_tools = 12
   c.decode.beam_size = 5
   return base.lock(c)

@@ -83,6 +83,8 @@ def test_trained_model_beats_random_ranker(run):
   # asserted: BFCL test queries ask for tools no training query used, and a 2-layer random-init model trained for
   # 200 steps does not generalise to them (the real-model numbers are in BENCHMARKS.md).
   assert ours["train"]["all"]["ndcg@5"] > rand["multi-domain"]["train"]["all"]["ndcg@5"] + 0.2
+  # The memorisation probe: 12 tools queried by their own training documents, scored like any query.
+  assert ours["memorisation"]["all"]["n"] == 12
 
 
 def test_second_run_resumes(run):

@@ -163,6 +163,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = -1         # cut the test queries (smoke runs); -1 = all
   c.eval.train_queries = 0        # also score this many training queries (seen tools): tells memorisation apart
                                   # from generalisation when the model trails the baselines on test
+  c.eval.memorization_tools = 0  # also score this many tools' own memorisation documents as queries (split
+                                  # "memorisation"): did doc -> code stick? (a seeded sample of the test queries' tools)
   c.eval.recall_ks = (5,)         # Recall@k cut-offs reported besides recall@k for k in ks
   c.eval.depth = 100              # tools a baseline retrieves per query; toolgen_ndcg@k counts these (ToolGen: 100)
   c.eval.split = "auto"           # query split `evaluate` scores: auto (test, else eval, else all) | "" (all) | a name

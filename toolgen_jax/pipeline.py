@@ -192,7 +192,11 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
   from toolgen_jax.codebook import codebook as cb_lib
   path = wd / "codebook"
   if wd.done("codebook", config.pipeline.redo) and path.exists():
-    return cb_lib.load(path)
+    initial = wd / "codebook_initial"  # after post-guided refinement: the stages started from this one
+    return cb_lib.load(initial if initial.exists() else path)
+  import shutil
+  for stale in [wd / "codebook_initial", *wd.root.glob("codebook_refine*")]:  # refinements of an older codebook
+    shutil.rmtree(stale, ignore_errors=True)
   t0 = time.perf_counter()
   kw = {}
   if config.codebook.method == "semantic":  # codes are the LLM's own tokens of the tool name, then end-of-turn
@@ -377,9 +381,10 @@ def llm_tool_embeddings(config, model: Model, params, docs: list[str], batch_siz
 def refine(config, wd: Workdir, ds, cb, model: Model, params, rounds: int, fit_stage) -> tuple[Any, Any, Model]:
   """Toolscaler's post-guided refinement: re-embed every tool with the trained model, re-quantise with the same
   method and shape (the code tokens stay the same vocabulary and keep their trained rows; only the tool -> code
-  assignment moves; a collision suffix the new codes need is added as new tokens), retrain the last stage on them. Each round's codebook is kept as WORKDIR/codebook_refine<r> (a resumed run reuses it,
-  never re-derives it from later params); the final one replaces WORKDIR/codebook, the first moves to
-  codebook_initial."""
+  assignment moves; a collision suffix the new codes need is added as new tokens), retrain the last stage on them.
+  Each round's codebook is kept as WORKDIR/codebook_refine<r> (a resumed run reuses it, never re-derives it from
+  later params); the final one replaces WORKDIR/codebook, the first is kept as codebook_initial (what a resumed
+  run's stages start from)."""
   import shutil
   from toolgen_jax.codebook import codebook as cb_lib
   from toolgen_jax.models import vocab as vocab_lib
@@ -387,7 +392,7 @@ def refine(config, wd: Workdir, ds, cb, model: Model, params, rounds: int, fit_s
   docs = tool_documents(config, ds)
   names = [t.name for t in ds.corpus]
   last = config.train.stages[-1]
-  state = {"round": 0, "model": model, "params": params}
+  state = {"round": 0, "model": model}
 
   def embed_tools(p):
     if (wd / f"codebook_refine{state['round']}" / "manifest.json").exists():
@@ -555,6 +560,23 @@ def _stage_steps(config, stage: str, n_examples: int) -> int:
   return int(per[stage]) if stage in per and int(per[stage]) > 0 else int(config.train.steps)
 
 
+def memorization_queries(config, ds, test) -> list:
+  """`eval.memorization_tools` tools of the test queries (seeded sample), each queried by its own memorisation
+  document (split "memorisation"): recall here says whether doc -> code was learnt at all, which generalising to
+  queries about those tools needs first."""
+  from toolgen_jax.data import documents as docs_lib
+  from toolgen_jax.data.records import Query
+  n = int(config.eval.get("memorization_tools", 0))
+  if n <= 0 or "memorization" not in config.train.stages:
+    return []
+  tools = sorted({t for q in test if q.split == "test" for t in q.relevant}) or list(range(len(ds.corpus)))
+  pick = sorted(np.random.default_rng(int(config.seed)).permutation(tools)[:n].tolist())
+  max_chars = int(config.train.memorization_max_chars or config.data.doc_max_chars)
+  return [Query(id=f"memorisation/{t}", text=docs_lib.tool_document(ds.corpus[t], config.data.doc_template,
+                                                                     max_chars),
+                relevant=(int(t),), group="documents", split="memorisation") for t in pick]
+
+
 def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray) -> dict:
   from toolgen_jax.evaluation import embedding as emb_lib
   from toolgen_jax.evaluation import harness
@@ -567,6 +589,7 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
     train_q = [q for q in ds.queries if q.split == "train"]
     pick = np.random.default_rng(int(config.seed)).permutation(len(train_q))[:int(config.eval.train_queries)]
     test = test + [train_q[i] for i in sorted(pick)]
+  test = test + memorization_queries(config, ds, test)
   docs = tool_documents(config, ds)
   retrievers = {}
   retrievers[config.codebook.method] = GenerativeRetriever(

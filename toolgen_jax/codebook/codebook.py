@@ -32,7 +32,7 @@ from toolgen_jax.codebook import rqvae
 from toolgen_jax.codebook import pca as pca_lib
 from toolgen_jax.data.records import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RQ-VAE input standardisation stored with the quantiser ('q/norm/...')
 METHODS = ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic")
 TOKEN_KINDS = {"rqvae": "codes", "residual_kmeans": "codes", "numerical": "codes", "hierarchical": "codes",
                "atomic": "atomic", "semantic": "vocab"}
@@ -356,7 +356,8 @@ def load(directory: str | os.PathLike) -> Codebook:
     raise DataError(str(mpath), None, None, f"cannot read codebook manifest: {e}") from e
   if m.get("format_version") != FORMAT_VERSION:
     raise DataError(str(mpath), None, "format_version",
-                    f"codebook format {m.get('format_version')} is not the supported {FORMAT_VERSION}")
+                    f"codebook format {m.get('format_version')} is not the supported {FORMAT_VERSION}; rebuild it "
+                    f"(python -m toolgen_jax.main ... --config.pipeline.redo='(\"codebook\",)')")
   with np.load(d / "arrays.npz") as z:
     arrays = {k: z[k] for k in z.files}
   q = {k[2:]: v for k, v in arrays.items() if k.startswith("q/")}
