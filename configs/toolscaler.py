@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
   c = base.apply_scale(base.base_config(), arg)
   c.codebook.method = "residual_kmeans"
   c.codebook.levels = 2
-  c.codebook.size = 512 if arg == "paper" else 128
+  c.codebook.size = {"paper": 512, "gorilla": 16}.get(arg, 128)
   c.codebook.pca_dim = 32
   c.vocab.init = "codebook"
   if arg == "paper":

@@ -12,7 +12,7 @@ def get_config(arg: str | None = None):
   c = base.apply_scale(base.base_config(), arg)
   c.codebook.method = "rqvae"
   c.codebook.levels = 2
-  c.codebook.size = 1024 if arg == "paper" else 256
+  c.codebook.size = {"paper": 1024, "gorilla": 16}.get(arg, 256)  # K^L >= tools
   c.codebook.collab_lambda = 1.0  # the paper's lambda (its released code: 0.001)
   c.vocab.init = "codebook"
   return base.lock(c)

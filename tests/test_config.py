@@ -47,5 +47,10 @@ def test_method_configs_have_small_real_and_paper_variants(name, monkeypatch):
   assert real.data.source == "real_protocol" and real.data.path == "/data/here"
   assert real.train.frozen_layers == small.train.frozen_layers
   assert paper.train.frozen_layers == 0 and paper.train.system_prompt is None and paper.model.remat
+  gorilla = mod.get_config("gorilla")
+  assert gorilla.data.source == "gorilla" and gorilla.data.path == "/data/here/gorilla/data"
+  assert gorilla.train.frozen_layers == small.train.frozen_layers
+  if gorilla.codebook.method in ("rqvae", "residual_kmeans"):
+    assert gorilla.codebook.size ** gorilla.codebook.levels >= 94  # room for every TorchHub API
   with pytest.raises(ValueError, match="unknown config variant"):
     mod.get_config("huge")

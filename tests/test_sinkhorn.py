@@ -71,3 +71,12 @@ def test_no_nan_with_dead_columns():
   cost = _cost(500, 32).at[:, 5].set(1e4)  # a code far from everything
   f, g = sinkhorn.sinkhorn_potentials(cost, 0.01, 50, absorb_every=8)
   assert np.isfinite(np.asarray(f)).all() and np.isfinite(np.asarray(g)).all()
+
+
+@pytest.mark.parametrize("k", [256, 384, 100])
+def test_row_argmin_equals_argmin_with_ties(k):
+  rng = np.random.default_rng(k)
+  x = rng.integers(0, 7, size=(300, k)).astype(np.float32)  # many ties: the lowest index must win, as jnp.argmin
+  x[5] = 3.0  # a row of equal values
+  got = np.asarray(sinkhorn.row_argmin(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, np.argmin(x, axis=1))

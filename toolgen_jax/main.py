@@ -1,9 +1,10 @@
 """Entry point: `python -m toolgen_jax.main --config=configs/NAME.py --workdir=DIR [--config.a.b=value ...]`.
 
-Kept thin so that a notebook can call `toolgen_jax.pipeline.run(config, workdir)` directly.
+Kept thin so that a notebook can call `toolgen_jax.pipeline.run(config, workdir)` directly. Progress lines go to
+stdout; library INFO logs (orbax, the pipeline's own lines again) are off unless asked for with `--verbosity=0`.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -15,7 +16,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from toolgen_jax import pipeline  # imported late: flag errors are reported before JAX starts
-  logging.set_verbosity(logging.INFO)
   pipeline.run(_CONFIG.value, _WORKDIR.value)
 
 

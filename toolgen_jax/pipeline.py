@@ -569,7 +569,7 @@ def memorization_queries(config, ds, test) -> list:
   n = int(config.eval.get("memorization_tools", 0))
   if n <= 0 or "memorization" not in config.train.stages:
     return []
-  tools = sorted({t for q in test if q.split == "test" for t in q.relevant}) or list(range(len(ds.corpus)))
+  tools = sorted({t for q in test if q.split != "train" for t in q.relevant}) or list(range(len(ds.corpus)))
   pick = sorted(np.random.default_rng(int(config.seed)).permutation(tools)[:n].tolist())
   max_chars = int(config.train.memorization_max_chars or config.data.doc_max_chars)
   return [Query(id=f"memorisation/{t}", text=docs_lib.tool_document(ds.corpus[t], config.data.doc_template,
@@ -582,7 +582,8 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
   from toolgen_jax.evaluation import harness
   from toolgen_jax.generative import GenerativeRetriever
 
-  test = [q for q in ds.queries if q.split == "test"]
+  from toolgen_jax.evaluate import select_split
+  test = [q for q in select_split(ds.queries, str(config.eval.split), config.data.source) if q.split != "train"]
   if int(config.eval.max_queries) > 0:
     test = test[:int(config.eval.max_queries)]
   if int(config.eval.train_queries) > 0:  # a seeded sample of training queries, scored as split "train"

@@ -88,6 +88,25 @@ def sinkhorn_potentials(cost: jax.Array, epsilon: float = 0.01, num_iters: int =
   return fg
 
 
+def row_argmin(x: jax.Array, lanes: int = 128) -> jax.Array:
+  """argmin over the last axis of x [N, K] (lowest index on ties), as jnp.argmin, ~4x faster on CPU.
+
+  XLA:CPU's variadic (value, index) reduction does not vectorise (0.21 s for 47k x 1024); here the K columns are
+  folded onto `lanes` columns with element-wise min/select (vectorised), and only [N, lanes] is reduced.
+  """
+  n, k = x.shape
+  if k % lanes or k == lanes:
+    return jnp.argmin(x, axis=1).astype(jnp.int32)
+  best, blk = x[:, :lanes], jnp.zeros((n, lanes), jnp.int32)
+  for j in range(1, k // lanes):  # strict < keeps the lowest block on ties
+    xj = x[:, j * lanes:(j + 1) * lanes]
+    better = xj < best
+    best, blk = jnp.where(better, xj, best), jnp.where(better, j, blk)
+  index = blk * lanes + jnp.arange(lanes, dtype=jnp.int32)[None, :]
+  m = best.min(axis=1, keepdims=True)
+  return jnp.where(best == m, index, k).min(axis=1).astype(jnp.int32)
+
+
 def sinkhorn_log_plan(cost: jax.Array, epsilon: float = 0.01, num_iters: int = 50, center: bool = True,
                       **kw) -> jax.Array:
   """log P [N, K] of the entropic transport plan."""
@@ -105,7 +124,7 @@ def sinkhorn_assign(cost: jax.Array, epsilon: float = 0.01, num_iters: int = 50,
   """
   _, g = sinkhorn_potentials(cost, epsilon, num_iters, center=center, absorb_every=absorb_every)
   c = center_costs(cost) if center else cost
-  return jnp.argmin(c - epsilon * g[None, :], axis=1).astype(jnp.int32)
+  return row_argmin(c - epsilon * g[None, :])
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters", "absorb_every"))
@@ -123,10 +142,10 @@ def balanced_assign_with_duals(cost: jax.Array, epsilon: float = 0.01, num_iters
   c = (cost - mid) / amp
   _, g = sinkhorn_potentials(c, epsilon, num_iters, center=False, absorb_every=absorb_every)
   dual = epsilon * g
-  return jnp.argmin(c - dual[None, :], axis=1).astype(jnp.int32), dual, mid, amp
+  return row_argmin(c - dual[None, :]), dual, mid, amp
 
 
 @jax.jit
 def assign_with_duals(cost: jax.Array, dual: jax.Array, mid: jax.Array, amp: jax.Array) -> jax.Array:
   """Replays a balanced assignment on new rows: argmin_k ((C_ik - mid) / amp - dual_k). cost [M, K] -> [M]."""
-  return jnp.argmin((cost - mid) / amp - dual[None, :], axis=1).astype(jnp.int32)
+  return row_argmin((cost - mid) / amp - dual[None, :])
