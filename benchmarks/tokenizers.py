@@ -116,7 +116,10 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--skip_collab", action="store_true", help="skip the lambda = 0 vs 1 comparison on ToolBench-G3")
   p.add_argument("--plots", default="", help="folder for the stats PNGs ('' = <workdir>/plots)")
+  p.add_argument("--parts", default="sinkhorn,kmeans,residual,rqvae",
+                 help="comma-separated subset of sinkhorn,kmeans,residual,rqvae to run")
   args = p.parse_args(argv)
+  parts = set(args.parts.split(","))
   out: dict = {"machine": f"{platform.machine()} nproc={os.cpu_count()}", "jax": jax.__version__}
 
   names = None if args.synthetic else load_names()
@@ -132,8 +135,22 @@ def main(argv=None):
   out |= {"num_tools": n, "num_edges": int(len(edges))}
   print(f"{n} tools, {len(edges)} edges; {out['data']}", flush=True)
 
-  # --- Sinkhorn 47k x 1024 (after compilation): stabilised scaling vs pure log domain -------------------------
   xs = jnp.asarray(x)
+  if "sinkhorn" in parts:
+    sinkhorn_part(args, xs, n, out)
+  if "kmeans" in parts:
+    kmeans_part(args, xs, out)
+  if "residual" in parts:
+    residual_part(x, n, out)
+  if "rqvae" in parts:
+    rqvae_part(args, x, edges, out)
+  if not args.skip_collab:
+    out |= collab_effect(args, pathlib.Path(args.plots or pathlib.Path(args.workdir) / "plots"))
+  print(json.dumps(out))
+
+
+def sinkhorn_part(args, xs, n, out):
+  """Sinkhorn 47k x 1024 (after compilation): stabilised scaling vs pure log domain."""
   cents = xs[jax.random.choice(jax.random.key(0), n, (1024,), replace=False)]
   cost = kmeans.sq_distances(xs, cents).block_until_ready()
   fast = lambda: sinkhorn.sinkhorn_assign(cost, 0.01, 50, absorb_every=25)
@@ -151,7 +168,10 @@ def main(argv=None):
   print({k: v for k, v in out.items() if k.startswith(("sinkhorn", "nearest"))}, flush=True)
   del cost
 
-  # --- k-means (K=512 on the 32-d PCA of the embeddings) vs scikit-learn, same init count and tolerance -------
+
+
+def kmeans_part(args, xs, out):
+  """k-means (K=512 on the 32-d PCA of the embeddings) vs scikit-learn, same init count and tolerance."""
   from sklearn.cluster import KMeans
   y = np.asarray(pca.transform(pca.fit(xs, 32), xs))
   ours = lambda seed: kmeans.kmeans(jax.random.key(seed), y, 512, n_init=1, max_iter=100, tol=1e-4)
@@ -171,7 +191,10 @@ def main(argv=None):
           "kmeans_inertia_ratio_vs_sklearn": float(np.median(io) / np.median(isk))}
   print({k: v for k, v in out.items() if k.startswith(("kmeans", "sklearn"))}, flush=True)
 
-  # --- residual k-means: K=512, 2 positions x 2 levels, PCA 32 (incl. compile) --------------------------------
+
+
+def residual_part(x, n, out):
+  """Residual k-means: K=512, 2 positions x 2 levels, PCA 32 (incl. compile)."""
   t = time.perf_counter()
   cfg_r = rkm.ResidualKMeansConfig(pca_dim=32, num_levels=2, codebook_size=512, kmeans_iters=100)
   cb_r = cb_lib.from_residual_kmeans(cfg_r, x.reshape(n, 2, -1))
@@ -180,7 +203,10 @@ def main(argv=None):
           "residual_kmeans_collision_rate_after": collisions.collision_rate(cb_r.codes)}
   print({k: v for k, v in out.items() if k.startswith("residual")}, flush=True)
 
-  # --- RQ-VAE: L=2, K=1024, collaborative loss + Sinkhorn; training + corpus assignment + resolution ---------
+
+
+def rqvae_part(args, x, edges, out):
+  """RQ-VAE: L=2, K=1024, collaborative loss + Sinkhorn; training + corpus assignment + resolution."""
   cfg = rqvae.RQVAEConfig(num_levels=2, codebook_size=1024, collab_lambda=rqvae.PAPER_LAMBDA,
                           steps=args.rqvae_steps, batch_size=args.rqvae_batch, edge_batch_size=args.edge_batch,
                           dead_code_every=50)
@@ -199,13 +225,9 @@ def main(argv=None):
   out |= {"rqvae_utilisation": s["utilisation"], "rqvae_perplexity": s["perplexity"],
           "rqvae_edges_sharing_first_code": stats.edge_prefix_sharing(cb.codes, edges)[0]}
   print({k: v for k, v in out.items() if k.startswith(("rqvae", "collision", "suffixed"))}, flush=True)
-
   plots = pathlib.Path(args.plots or pathlib.Path(args.workdir) / "plots")
   stats.plot_code_usage(cb.codes[:, :2], [1024, 1024], plots / "rqvae_code_usage.png", title="RQ-VAE (L=2, K=1024)")
   out["plots"] = str(plots)
-  if not args.skip_collab:
-    out |= collab_effect(args, plots)
-  print(json.dumps(out))
 
 
 if __name__ == "__main__":

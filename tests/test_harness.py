@@ -118,3 +118,14 @@ def test_universe_restricts_multi_domain():
   assert res["multi-domain"]["test"]["I2"]["ndcg@1"] == 1.0  # q3: tool 3 is first inside the universe
   with pytest.raises(ValueError, match="outside the universe"):
     harness.evaluate(r, QUERIES[:3], settings=("multi-domain",), universe=(0, 1))
+
+
+def test_pool_exclude_keeps_probes_out_of_the_pooled_row():
+  probe = Query("p1", "e", (9,), group="documents", split="memorisation")
+  res = harness.evaluate(Fixed([9, 8, 7, 6, 5, 4, 3, 2, 1, 0]), QUERIES + [probe], settings=("multi-domain",),
+                         pool_exclude=("memorisation",))
+  md = res["multi-domain"]
+  assert md["memorisation"]["all"]["ndcg@1"] == 1.0  # scored on its own ...
+  assert md["all"]["all"]["n"] == 3 and md["all"]["all"]["ndcg@1"] == 0.0  # ... but not pooled into "all"
+  pooled = harness.evaluate(Fixed([9, 8, 7, 6, 5, 4, 3, 2, 1, 0]), QUERIES + [probe], settings=("multi-domain",))
+  assert pooled["multi-domain"]["all"]["all"]["n"] == 4

@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.doc_max_chars = 1024
   c.data.split_by_group = True    # split_queries stratifies by Query.group (I1/I2/I3, BFCL category)
   c.data.cooccurrence_normalization = "sym"  # A_uv: sym = D^-1/2 C D^-1/2 | row = D^-1 C | none = counts
+  c.data.trajectory_holdout_groups = ()  # trajectory groups (id prefix: I1/I2/I3) kept out of agent tuning
+  c.data.trajectory_examples = "whole"  # agent tuning examples: whole (one per trajectory, ToolGen) | steps (one per
+                                        # assistant step: its gold history, loss on that step only; fits short seq_len)
 
   # --- LLM backbone (toolgen_jax/models) -----------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -223,6 +226,18 @@ def cpu_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def data_root() -> str:
+  """$TOOLGEN_DATA, else the shared/data folder beside the repository (found from the package, so the command
+  works from any directory), else the conventional "../shared/data" (the reader then names the missing path)."""
+  import os
+  from toolgen_jax import assets
+  env = os.environ.get("TOOLGEN_DATA")
+  if env:
+    return env
+  found = assets.shared_data_dir()
+  return str(found) if found else "../shared/data"
+
+
 def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collections.ConfigDict:
   """The variants every method config has (`--config=configs/NAME.py:small|real|paper`).
 
@@ -248,15 +263,13 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
     c.train.stage_steps.retrieval = 200
     c.data.source = "bfcl"
     if scale == "real":
-      import os
       c.data.source = "real_protocol"
-      c.data.path = os.environ.get("TOOLGEN_DATA", "../shared/data")
+      c.data.path = data_root()
       c.train.stage_steps.retrieval = 400
       c.eval.train_queries = 100
     if scale == "gorilla":
-      import os
       c.data.source = "gorilla"
-      c.data.path = os.path.join(os.environ.get("TOOLGEN_DATA", "../shared/data"), "gorilla/data")
+      c.data.path = f"{data_root()}/gorilla/data"
       c.train.stage_steps.memorization = 100   # 94 documents: ~8.5 epochs of 8
       c.train.stage_steps.retrieval = 400      # 837 instructions: ~3.8 epochs
       c.eval.train_queries = 50

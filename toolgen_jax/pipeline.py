@@ -204,6 +204,10 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
     kw = dict(tokenize=tok.encode, end_id=end_of_turn_id(tok))
   cb = cb_lib.build(config.codebook, emb, [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
                     encoder={"kind": config.encoder.kind, "path": config.encoder.path}, progress=True, **kw)
+  if "trajectory" in config.train.stages:  # agent tuning: Finish gets its own code sequence (row cb.finish_id)
+    rep = cb.add_finish(embeddings=finish_embedding(config, wd, emb))
+    _say(f"[codebook] Finish -> row {cb.finish_id}, codes {cb.code_of(cb.finish_id)}"
+         f"{' (moved off a taken code)' if rep.collided[0] else ''}")
   cb.save(path)
   codebook_plots(cb, ds, path)
   rep = {k: v for k, v in cb.collision_report.items() if np.isscalar(v)}
@@ -213,6 +217,25 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
   _say(f"[codebook] {cb.method}: {cb.num_tools} tools -> {cb.num_levels} levels {cb.level_sizes}, "
        f"{len(cb.tokens())} new tokens, collisions {rep} ({time.perf_counter() - t0:.0f}s) -> {path}")
   return cb
+
+
+def finish_document(config) -> str:
+  from toolgen_jax.agent import format as fmt
+  from toolgen_jax.data.documents import tool_document
+  return tool_document(fmt.FINISH_TOOL, config.data.doc_template, config.data.doc_max_chars)
+
+
+def finish_embedding(config, wd: Workdir, emb: np.ndarray) -> np.ndarray:
+  """[1, ...] the Finish document embedded like the corpus's documents (same encoder, so the frozen quantiser
+  codes it like a tool)."""
+  if emb.ndim != 2:  # gist: the workdir's trained gist encoder
+    from toolgen_jax.agent import format as fmt
+    from toolgen_jax.codebook import gist
+    gp, gm, ids, tokenize = gist_encoder(config, wd.root)
+    return gist.embed_tools(gp, gm, [gist.tool_fields(fmt.FINISH_TOOL)], tokenize, ids, gist_config(config))
+  from toolgen_jax.codebook import embed
+  enc = embed.load_encoder(config.encoder.path or config.encoder.kind)
+  return enc.encode([finish_document(config)], batch_size=1, max_len=int(config.encoder.max_len))
 
 
 def codebook_plots(cb, ds, path: pathlib.Path) -> dict:
@@ -268,6 +291,8 @@ def build_model(config, wd: Workdir, ds, cb) -> Model:
   init = config.vocab.init
   if init == "codebook":
     docs = tool_documents(config, ds)
+    if getattr(cb, "finish_id", None) is not None:  # the Finish row (after the corpus's tools) has a document too
+      docs = docs + [finish_document(config)]
     kw["tool_vectors"] = vocab_lib.tool_model_vectors(params, mcfg, tok, docs)
     members = cb.token_members()
     kw["token_members"] = [members.get(t, np.zeros((0,), np.int64)).tolist() for t in new_tokens]
@@ -286,11 +311,19 @@ def _model_overrides(config) -> dict:
   return weights.config_overrides(config.model)
 
 
-def build_trie(config, cb, tok):
-  """Trie over the active tools' codes, with each (level, code) mapped to its vocabulary id."""
+def build_trie(config, cb, tok, *, finish: bool = False):
+  """Trie over the active tools' codes, with each (level, code) mapped to its vocabulary id.
+
+  Trie ids are corpus tool ids. The codebook's Finish row is not a tool: retrieval (finish=False) never decodes
+  it; the agent (finish=True) gets it as tool id `agent_finish_id(cb)`, one past the corpus's ids (codebook rows
+  added after Finish shift down by one, so they stay corpus ids)."""
   from toolgen_jax.decoding import trie as trie_lib
-  ids = np.nonzero(cb.active)[0]
-  codes = cb.codes[ids]
+  fin = getattr(cb, "finish_id", None)
+  rows = cb.tool_rows() if hasattr(cb, "tool_rows") else np.nonzero(cb.active)[0]
+  ids = rows if fin is None else np.where(rows > fin, rows - 1, rows)
+  if finish and fin is not None and cb.active[fin]:
+    rows, ids = np.append(rows, fin), np.append(ids, agent_finish_id(cb))
+  codes = cb.codes[rows]
   if cb.token_kind == "vocab":
     table, end = None, None  # codes are vocabulary ids already, end-of-turn included
   else:
@@ -305,6 +338,20 @@ def build_trie(config, cb, tok):
     end = end_of_turn_id(tok) if (codes < 0).any() else None
   return trie_lib.Trie.build(codes, ids, code_tokens=table, num_codes=None if table is None else table.shape[1],
                              end_token=end, dense_budget_bytes=int(config.decode.dense_budget_bytes))
+
+
+def agent_finish_id(cb) -> int | None:
+  """The Finish action's id in an agent trie (`build_trie(..., finish=True)`): one past the corpus's tool ids."""
+  return None if getattr(cb, "finish_id", None) is None else cb.num_tools - 1
+
+
+def training_trajectories(config, ds) -> list:
+  """The trajectories the `trajectory` stage trains on: those of training-split queries (a trajectory without a
+  query record counts as training) outside `data.trajectory_holdout_groups` (the id's prefix, I1/I2/I3)."""
+  held = set(config.data.get("trajectory_holdout_groups", ()))
+  split_of = {q.id: q.split for q in ds.queries}
+  return [t for t in ds.trajectories if split_of.get(t.query_id, "train") == "train"
+          and (t.id.split("/", 1)[0] if "/" in t.id else "all") not in held]
 
 
 def cb_token(cb, level: int, code: int) -> str:
@@ -323,8 +370,10 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> tuple[Any, Any, Model]:
 
   mesh = shd.make_mesh(config.mesh)
   train_q = [q for q in ds.queries if q.split == "train"]
-  split_of = {q.id: q.split for q in ds.queries}
-  train_t = [t for t in ds.trajectories if split_of.get(t.query_id, "train") == "train"]
+  train_t = training_trajectories(config, ds)
+  if "trajectory" in config.train.stages:
+    _say(f"[train] {len(train_t)} of {len(ds.trajectories)} trajectories for agent tuning (held out: query split "
+         f"!= train, groups {tuple(config.data.trajectory_holdout_groups)})")
 
   def fit_stage(stage: str, name: str, params, cb, model: Model):
     examples = stages_lib.stage_examples(stage, corpus=ds.corpus, queries=train_q, trajectories=train_t,
@@ -606,7 +655,8 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
   for name, r in retrievers.items():
     _say(f"[evaluate] {name} on {len(test)} test queries, settings {tuple(config.eval.settings)}")
     methods[name] = harness.evaluate(r, test, ks=tuple(config.eval.ks), settings=tuple(config.eval.settings),
-                                     batch_size=int(config.eval.batch_size) * 8, progress=name)
+                                     batch_size=int(config.eval.batch_size) * 8, progress=name,
+                                     pool_exclude=("train", "memorisation"))
   return {"queries": len(test), "methods": methods}
 
 

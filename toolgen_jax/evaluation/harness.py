@@ -64,7 +64,8 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
              recall_ks: Sequence[int] | None = None, settings: Sequence[str] = SETTINGS,
              group_pools: Mapping[str, Sequence[int]] | None = None, depth: int | None = None,
              batch_size: int | None = None, progress: str | None = None,
-             return_rankings: bool = False, universe: Sequence[int] | None = None) -> dict:
+             return_rankings: bool = False, universe: Sequence[int] | None = None,
+             pool_exclude: Sequence[str] = ()) -> dict:
   """Scores `retriever` on `queries` in each setting (layout in the module docstring).
 
   ks: NDCG cut-offs (the papers: 1, 3, 5). recall_ks: Recall cut-offs (default ks + (5,)).
@@ -73,6 +74,8 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
   With return_rankings, result["rankings"][setting] = {query id: ranked ids} (for reports and error analysis).
   universe: the multi-domain candidate set when it is not the whole corpus (one benchmark's tools inside a pooled
     corpus); a relevant tool outside it raises ValueError.
+  pool_exclude: splits scored on their own but left out of the pooled split "all" (diagnostic probes such as
+    training queries or memorisation documents, which would otherwise inflate the headline row).
   """
   recall_ks = tuple(sorted(set(recall_ks if recall_ks is not None else tuple(ks) + (5,))))
   need = max(max(ks), max(recall_ks))
@@ -100,7 +103,7 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
     cells: dict[tuple[str, str], list[dict]] = {}
     for q, r in zip(qs, ranked):
       row = metrics_lib.query_metrics(r, q.relevant, ks, recall_ks, depth=depth)
-      for split in {ALL, q.split or ALL}:
+      for split in {q.split or ALL} | ({ALL} if q.split not in pool_exclude else set()):
         for group in {ALL, q.group or ALL}:
           cells.setdefault((split, group), []).append(row)
     table: dict = {}
