@@ -56,9 +56,12 @@ def build_torch(params, config):
 
 
 def next_token_loss_jax(params, config, tokens):
-  logits, _ = llama.forward(params, config, tokens)
-  logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-  return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
+  """Mean next-token cross-entropy, as the PyTorch side: the same values as log_softmax(forward(...)[:, :-1])
+  gathered at tokens[:, 1:], but the head runs on the T-1 predicting positions only (slicing [B, T, D] hidden
+  states rather than [B, T, V] logits) and the loss is `llama.softmax_cross_entropy` (closed-form backward)."""
+  x, _ = llama.hidden_states(params, config, tokens)
+  logits = llama.logits_from_hidden(params, config, x[:, :-1])
+  return llama.softmax_cross_entropy(logits, tokens[:, 1:]).mean()
 
 
 def main(argv=None):

@@ -56,10 +56,9 @@ def init_train_state(params: Any, tx: optax.GradientTransformation) -> TrainStat
 
 def _ce_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum of weighted CE, number of correct argmax predictions on weighted positions); logits float32."""
-  logz = jax.nn.logsumexp(logits, axis=-1)
-  tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = llama.softmax_cross_entropy(logits, targets)  # logsumexp - target logit, closed-form backward
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return jnp.sum((logz - tgt) * weights), jnp.sum(correct * weights)
+  return jnp.sum(nll * weights), jnp.sum(correct * weights)
 
 
 def target_gather(weights: jax.Array, m: int) -> jax.Array:
