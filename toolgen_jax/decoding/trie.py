@@ -448,12 +448,15 @@ def candidates(trie: DeviceTrie, d: int, node: jax.Array, logp: jax.Array, allow
 def allowed_nodes(trie: DeviceTrie, tool_mask: jax.Array) -> jax.Array:
   """[Q, num_tools] bool allowed tools -> [Q, num_nodes] bool nodes with an allowed tool below (root included).
 
-  Tool ids outside the mask's range are not allowed. One scatter-max per depth, bottom up, so the candidate
-  subset (the in-domain setting's GT pool) needs no rebuilt trie.
+  Tool ids outside the mask's range are not allowed, nor are removed tools: only terminals that are allowed *and*
+  live propagate up, so a node is allowed only if an allowed live tool lies below it (else a beam could enter a
+  branch whose allowed tools were all removed while its live ones are all outside the mask, and end with nothing).
+  One scatter-max per depth, bottom up, so the candidate subset (the in-domain setting's GT pool) needs no rebuilt
+  trie.
   """
   q, t = tool_mask.shape
   tool = trie.node_tool
-  ok = (tool >= 0) & (tool < t)
+  ok = (tool >= 0) & (tool < t) & trie.live
   allowed = jnp.where(ok[None], tool_mask[:, jnp.clip(tool, 0, max(t - 1, 0))], False)
   ls = trie.level_start
   for d in range(trie.depth, 0, -1):
