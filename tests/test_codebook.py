@@ -142,3 +142,35 @@ def test_add_tools_joins_a_suffixed_group_when_the_prefix_is_full():
   assert rep.collided.all() and _prefix_free(cb.codes) and (rep.codes[:, 2] >= 0).all()
   assert cb.level_sizes[2] >= before[2] + 1 and cb.level_sizes[2] == cb.codes[:, 2].max() + 1
   assert f"<T2_{cb.codes[:, 2].max()}>" in cb.tokens()
+
+
+def test_finish_entry_is_a_unique_code_that_survives_save_load_and_is_no_tool(tmp_path):
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(40, 16)).astype(np.float32)
+  c = config_lib.base_config().codebook
+  c.rqvae_hidden, c.code_dim, c.size, c.steps, c.batch_size = (32,), 8, 8, 20, 64
+  cb = cb_lib.build(c, x, [f"t{i}" for i in range(40)])
+  assert cb.finish_id is None and cb.tool_rows().tolist() == list(range(40))
+  before = cb.codes.copy()
+  rep = cb.add_finish(embeddings=x[3:4] + 1e-4)  # lands on tool 3's code: moved to a free one
+  assert cb.finish_id == 40 and cb.tool_names[40] == cb_lib.FINISH_NAME and rep.collided[0]
+  assert (cb.codes[:40] == before).all() and _prefix_free(cb.codes)
+  assert 40 not in cb.tool_rows() and len(cb.tool_rows()) == 40
+  with pytest.raises(ValueError, match="already"):
+    cb.add_finish(embeddings=x[:1])
+  cb.remove_tools([5])
+  back = cb_lib.load(cb.save(tmp_path / "cb"))
+  assert back.finish_id == 40 and (back.codes == cb.codes).all()
+  assert back.tool_rows().tolist() == [i for i in range(40) if i != 5]
+  new = back.add_tools(x[7:8] + 1e-4, names=["late"])  # tools added later come after Finish
+  assert new.ids.tolist() == [41] and back.finish_id == 40
+  # A version-2 artifact (before Finish entries) still loads, as a codebook without Finish.
+  m = json.loads((tmp_path / "cb" / "manifest.json").read_text())
+  m["format_version"] = 2
+  del m["finish_id"]
+  (tmp_path / "cb" / "manifest.json").write_text(json.dumps(m))
+  old = cb_lib.load(tmp_path / "cb")
+  assert old.finish_id is None and len(old.tool_rows()) == 40  # 41 rows, tool 5 retired
+  sem = cb_lib.Codebook("semantic", np.zeros((2, 2), np.int32), [])
+  with pytest.raises(ValueError, match="semantic"):
+    sem.add_finish(embeddings=np.zeros((1, 4)))

@@ -153,3 +153,47 @@ def test_toolscaler_gist_embeddings_feed_residual_kmeans(tmp_path):
   trained.add_tools([dup])
   assert trained.codebook.num_tools == before + 1
   assert trained.codebook.codes[before, 0] == trained.codebook.codes[3, 0]
+
+
+def test_agent_tuning_trains_a_finish_code_that_retrieval_never_returns(shared_data, tmp_path):
+  """stages memorization + trajectory on the ToolBench example: the codebook gets a Finish row (saved and loaded with
+  the artifact), the trajectory stage trains on it, I3 is held out, retrieval's trie has no Finish and the agent's
+  trie has it one past the corpus's ids."""
+  from toolgen_jax.agent import eval as agent_eval
+  from toolgen_jax.agent import model_policy
+  from toolgen_jax.codebook import codebook as cb_lib
+  c = tiny_config(**{"data.source": "toolbench", "data.path": str(shared_data / "ToolBench/data_example"),
+                     "data.max_tools": -1, "data.max_queries": -1, "data.trajectory_examples": "steps",
+                     "data.trajectory_holdout_groups": ("I3",), "train.stages": ("memorization", "trajectory"),
+                     "train.steps": 6, "train.batch_size": 4, "train.seq_len": 256, "train.packing": "pad"})
+  wd = pipeline.Workdir(tmp_path)
+  pipeline.write_config(c, wd)
+  ds = pipeline.load_corpus(c, wd)
+  emb = pipeline.load_embeddings(c, wd, ds)
+  cb = pipeline.load_codebook(c, wd, ds, emb)
+  n = len(ds.corpus)
+  assert cb.finish_id == n == 64 and cb.tool_names[n] == "Finish"
+  assert cb.code_of(n) not in {cb.code_of(i) for i in range(n)}
+  model = pipeline.build_model(c, wd, ds, cb)
+  params, cb, model = pipeline.train(c, wd, ds, cb, model)
+  rows = [json.loads(l) for l in (tmp_path / "metrics_trajectory.jsonl").read_text().splitlines()]
+  assert len(rows) == 6 and all(np.isfinite(r["loss"]) for r in rows)
+  trained_ids = agent_eval.trained_trajectory_ids(tmp_path)
+  assert trained_ids and not any(t.startswith("I3/") for t in trained_ids)
+  loaded = pipeline.load_trained(tmp_path)
+  assert loaded.codebook.finish_id == n and cb_lib.load(tmp_path / "codebook").finish_id == n
+  tok = loaded.model.tokenizer
+  retrieval = pipeline.build_trie(loaded.config, loaded.codebook, tok)
+  assert sorted(retrieval.live_tool_ids.tolist()) == list(range(n))
+  agent = pipeline.build_trie(loaded.config, loaded.codebook, tok, finish=True)
+  assert pipeline.agent_finish_id(loaded.codebook) == n and n in agent.live_tool_ids.tolist()
+  np.testing.assert_array_equal(agent.tokens_of([n]), pipeline.build_trie(
+      loaded.config, loaded.codebook, tok, finish=True).tokens_of([n]))
+  ranked = loaded.retriever(beam_size=8, progress=False).rank(ds.queries, 8, [None] * len(ds.queries))
+  assert all(0 <= t < n for r in ranked for t in r) and all(len(r) == 8 for r in ranked)
+  backend = model_policy.load_model_backend(tmp_path)
+  assert backend.policy.finish_id == n
+  traj = [t for t in ds.trajectories if t.id.startswith("I2/")][:1]
+  out = agent_eval.evaluate(backend.policy, traj, backend.corpus, setting="gt_tools", arguments=False)
+  assert out["overall"]["steps"] == sum(m.role == "assistant" for m in traj[0].messages)
+  assert out["overall"]["refused_rate"] == 0.0  # the trie cannot leave the offered tools + Finish

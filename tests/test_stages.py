@@ -103,6 +103,39 @@ def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
     stages.trajectory_examples([tr], corpus, cb, TOK)
 
 
+def test_trajectory_examples_per_step_and_steps_without_a_code():
+  from toolgen_jax.agent import format as fmt
+  corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])
+  cb = toy_codebook(2, LEVELS, SIZE)  # row 1 = Finish
+  tr = Trajectory(id="I1/t", query_id="q", messages=(
+      Message(role="user", content="weather in Paris?"),
+      Message(role="assistant", thought="look it up", action=0, action_name="today", action_input='{"city": "P"}'),
+      Message(role="observation", content='{"response": "sunny"}'),
+      Message(role="assistant", thought="", action=None, action_name="made_up_api", action_input="{}"),
+      Message(role="observation", content='{"error": "no such function"}'),
+      Message(role="assistant", content="It is sunny.", action=None, action_name=None),
+      Message(role="assistant", thought="done", action=None, action_name="Finish",
+              action_input=fmt.finish_input("sunny"))))
+  (whole,) = stages.trajectory_examples([tr], corpus, cb, TOK, finish_id=1)
+  # The hallucinated call (and its observation) and the action-less answer have no code: left out, not Finish.
+  assert "made_up_api" not in whole.text and "no such function" not in whole.text
+  assert whole.text.count("".join(cb[1])) == 1 and len(_target_texts(whole)) == 6
+  steps = stages.trajectory_examples([tr], corpus, cb, TOK, finish_id=1, per_step=True)
+  assert [e.id for e in steps] == ["trajectory/I1/t/1", "trajectory/I1/t/3"]
+  first, second = steps
+  assert _target_texts(first) == _target_texts(whole)[:3] and _target_texts(second) == _target_texts(whole)[3:]
+  # Step 2's context is exactly the inference prompt: the gold history with no loss on it.
+  policy_prompt = TOK.apply_chat_template(fmt.prompt_turns(
+      (tr.messages[0], tr.messages[1], tr.messages[2]), "think", action_text=lambda m: stages.code_text(cb, m.action),
+      tool_of=lambda m: corpus[m.action]), add_generation_prompt=True)
+  assert second.text.startswith(policy_prompt) and second.text == whole.text
+  assert stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codebook=cb, tokenizer=TOK,
+                               finish_id=1, data_config={"trajectory_examples": "steps"}) == steps
+  with pytest.raises(ValueError, match="whole|steps"):
+    stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codebook=cb, tokenizer=TOK, finish_id=1,
+                          data_config={"trajectory_examples": "turns"})
+
+
 def test_post_guided_refinement_swaps_codebooks_each_round():
   class CB:
     def __init__(self, codes):

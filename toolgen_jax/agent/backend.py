@@ -148,12 +148,13 @@ def demo_backend(max_calls: int = 1) -> Backend:
                  add_tools=corpus_add_tools(corpus))
 
 
-def load_backend(workdir: str | pathlib.Path) -> Backend:
-  """"demo" -> `demo_backend()`; a trained workdir -> the model backend (params, tokenizer, codebook, trie)."""
+def load_backend(workdir: str | pathlib.Path, **policy_kw) -> Backend:
+  """"demo" -> `demo_backend()`; a trained workdir -> the model backend (params, tokenizer, codebook, trie);
+  `policy_kw` go to its `ModelPolicy` (e.g. pad_multiple)."""
   if str(workdir) == "demo":
     return demo_backend()
   path = pathlib.Path(workdir)
   if not path.is_dir():
     raise FileNotFoundError(f"--workdir={workdir}: no such directory (use --workdir=demo for the model-free demo)")
   from toolgen_jax.agent import model_policy  # imports JAX and the model only when a workdir is used
-  return model_policy.load_model_backend(path)
+  return model_policy.load_model_backend(path, **policy_kw)

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -79,7 +80,7 @@ def remap(trajectories: Iterable[Trajectory], source: ToolCorpus, target: ToolCo
 
 
 def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCorpus, *, setting: str = "gt_tools",
-             k: int = 5, think: bool = False, arguments: bool = True) -> dict:
+             k: int = 5, think: bool = False, arguments: bool = True, log=None) -> dict:
   """Replays every assistant step. `think=False` teacher-forces the gold thought (ToolBench's are mostly empty);
   True asks the policy for its own. Returns {'overall': ..., 'by_group': {...}, 'skipped_unresolved': n}."""
   if setting not in ("gt_tools", "all"):
@@ -111,6 +112,8 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
         else:
           c.call_steps += 1
           c.call_correct += top == m.action
+      if log is not None:
+        log(f"{traj.id} step {i}: gold {'Finish' if is_finish else m.action} top {top}")
       if arguments and not is_finish:
         tool = corpus[m.action]
         text = policy.arguments(history, thought, tool)
@@ -125,28 +128,64 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
           "skipped_unresolved": skipped, "trajectories": len(trajectories)}
 
 
+def trained_trajectory_ids(workdir) -> set[str]:
+  """Ids of the trajectories a workdir's `trajectory` stage trained on (`pipeline.training_trajectories` over its
+  saved dataset and config); empty when it ran no trajectory stage."""
+  import pathlib
+
+  from toolgen_jax import data, pipeline
+  config = pipeline.load_config(workdir)
+  if "trajectory" not in config.train.stages:
+    return set()
+  return {t.id for t in pipeline.training_trajectories(config, data.load_dataset(pathlib.Path(workdir) / "dataset"))}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description="Per-step tool accuracy / argument validity on ToolBench trajectories.")
   ap.add_argument("--data", required=True, help="ToolBench data folder (e.g. ../shared/data/ToolBench/data_example)")
   ap.add_argument("--workdir", default="lexical", help="a trained workdir, or 'lexical' for the model-free baseline")
   ap.add_argument("--setting", default="gt_tools", choices=("gt_tools", "all"))
   ap.add_argument("--k", type=int, default=5)
+  ap.add_argument("--arguments", action=argparse.BooleanOptionalAction, default=True,
+                  help="also score the Action Input for the gold tool (the same for both settings)")
+  ap.add_argument("--pad_multiple", type=int, default=128,
+                  help="trained workdir: prompts are left-padded to a multiple of this (fewer compiled shapes)")
+  ap.add_argument("--groups", default="", help="comma-separated trajectory groups to score (e.g. I3); '' = all")
+  ap.add_argument("--subset", default="all", choices=("all", "trained", "heldout"),
+                  help="with a trained workdir: only the trajectories its trajectory stage trained on (training-set "
+                       "fit) or only the others (held out by query split or data.trajectory_holdout_groups)")
   a = ap.parse_args(argv)
   from toolgen_jax.data.readers import load_source
   ds = load_source("toolbench", a.data, log=False)
   trajs, corpus = ds.trajectories, ds.corpus
+  groups = {g.strip() for g in a.groups.split(",") if g.strip()}
+  if groups:
+    trajs = [t for t in trajs if _group(t) in groups]
+  if a.subset != "all":
+    if a.workdir == "lexical":
+      raise SystemExit("--subset needs a trained workdir (the lexical baseline trains on nothing)")
+    trained = trained_trajectory_ids(a.workdir)
+    trajs = [t for t in trajs if (t.id in trained) == (a.subset == "trained")]
+  if not trajs:
+    raise SystemExit(f"no trajectory left to score (groups={sorted(groups)}, subset={a.subset})")
   if a.workdir == "lexical":
     from toolgen_jax.agent.policy import LexicalPolicy
     policy, name, unresolved = LexicalPolicy(corpus, max_calls=100), "lexical", 0
   else:
     from toolgen_jax.agent.backend import load_backend
-    backend = load_backend(a.workdir)
+    backend = load_backend(a.workdir, pad_multiple=a.pad_multiple)
     trajs, unresolved = remap(trajs, corpus, backend.corpus)
     policy, corpus, name = backend.policy, backend.corpus, backend.name
-  out = evaluate(policy, trajs, corpus, setting=a.setting, k=a.k)
-  out |= {"policy": name, "data": a.data, "actions_unknown_to_model": unresolved}
+  t0 = time.perf_counter()
+  out = evaluate(policy, trajs, corpus, setting=a.setting, k=a.k, arguments=a.arguments,
+                 log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", file=sys.stderr, flush=True))
+  out["seconds"] = round(time.perf_counter() - t0, 1)
+  out |= {"policy": name, "data": a.data, "actions_unknown_to_model": unresolved, "groups": sorted(groups),
+          "subset": a.subset}
   o = out["overall"]
-  print(f"{name} [{a.setting}] {o['steps']} steps: tool acc {o['tool_accuracy']}, recall@{a.k} {o['recall_at_k']}, "
+  scope = a.subset + (" " + ",".join(sorted(groups)) if groups else "")
+  print(f"{name} [{a.setting}, {scope}] {o['steps']} steps: tool acc {o['tool_accuracy']}, recall@{a.k} "
+        f"{o['recall_at_k']}, "
         f"argument validity {o['argument_validity']} (gold {o['gold_argument_validity']})", file=sys.stderr)
   print(json.dumps(out))
 

@@ -295,8 +295,8 @@ def load_model_backend(workdir: pathlib.Path, **policy_kw):
   from toolgen_jax.agent.backend import Backend
   trained = pipeline.load_trained(workdir)
   c, cb, m = trained.config, trained.codebook, trained.model
-  trie = pipeline.build_trie(c, cb, m.tokenizer)
-  finish_id = getattr(cb, "finish_id", None)
+  trie = pipeline.build_trie(c, cb, m.tokenizer, finish=True)  # tools keep corpus ids; Finish one past them
+  finish_id = pipeline.agent_finish_id(cb)
   corpus = trained.dataset.corpus
   kw = dict(beam_size=int(c.decode.beam_size)) | (
       dict(think_max_tokens=int(c.agent.think_max_tokens), arguments_max_tokens=int(c.agent.arguments_max_tokens),
@@ -305,16 +305,18 @@ def load_model_backend(workdir: pathlib.Path, **policy_kw):
   policy = ModelPolicy(m.params, m.config, HFCodec(m.tokenizer, eos_id=eot), trie, corpus, finish_id=finish_id, **kw)
 
   def add_tools(tools: Sequence[Tool]) -> list[int]:
-    if len(corpus) != cb.num_tools + (finish_id is not None and finish_id >= len(corpus)):
+    has_finish = cb.finish_id is not None  # codebook rows after the Finish row are corpus ids + 1
+    if len(corpus) != cb.num_tools - has_finish:
       raise RuntimeError(f"corpus ({len(corpus)}) and codebook ({cb.num_tools}) ids diverge; cannot add tools")
     report = trained.add_tools(tools)  # may extend the vocabulary: refresh the model side
     ids = [corpus.add(t) for t in tools]
-    if list(map(int, report.ids)) != ids:
-      raise RuntimeError(f"codebook ids {list(map(int, report.ids))} != corpus ids {ids}")
+    rows = [int(r) - (has_finish and int(r) > cb.finish_id) for r in report.ids]
+    if rows != ids:
+      raise RuntimeError(f"codebook ids {rows} != corpus ids {ids}")
     mm = trained.model
     policy.params, policy.config = mm.params, mm.config
     policy.codec = HFCodec(mm.tokenizer, eos_id=eot)
-    policy.set_trie(pipeline.build_trie(c, cb, mm.tokenizer), policy.finish_id)
+    policy.set_trie(pipeline.build_trie(c, cb, mm.tokenizer, finish=True), pipeline.agent_finish_id(cb))
     return ids
 
   return Backend(policy, corpus, None, name=f"toolgen-{c.codebook.method}", add_tools=add_tools)

@@ -7,6 +7,8 @@
     cb.codes[cb.active] # what the trie is built from: retired tools can never be generated
     cb.add_tools(embeddings=new_x)   # Toolscaler Algorithm 1: frozen encoder + quantiser, collisions reported
     cb.remove_tools([3, 17])
+    cb.add_finish(embeddings=finish_x)  # agent tuning: the Finish action as one more code sequence (cb.finish_id)
+    cb.tool_rows()      # active rows that are tools of the corpus (Finish excluded): what retrieval decodes
     cb.save(workdir / "codebook"); codebook.load(workdir / "codebook")
 
 Codes are never reassigned once the artifact exists (a trained model depends on them): `add_tools` only moves
@@ -32,7 +34,9 @@ from toolgen_jax.codebook import rqvae
 from toolgen_jax.codebook import pca as pca_lib
 from toolgen_jax.data.records import DataError
 
-FORMAT_VERSION = 2  # 2: RQ-VAE input standardisation stored with the quantiser ('q/norm/...')
+FORMAT_VERSION = 3  # 2: RQ-VAE input standardisation stored with the quantiser ('q/norm/...'); 3: finish_id
+READABLE_VERSIONS = (2, 3)  # a version-2 codebook reads as one without a Finish entry (finish_id None)
+FINISH_NAME = "Finish"
 METHODS = ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic")
 TOKEN_KINDS = {"rqvae": "codes", "residual_kmeans": "codes", "numerical": "codes", "hierarchical": "codes",
                "atomic": "atomic", "semantic": "vocab"}
@@ -86,7 +90,7 @@ class Codebook:
                tool_names: Sequence[str] | None = None, quantizer: Mapping[str, np.ndarray] | None = None,
                quantizer_config: Mapping[str, Any] | None = None, encoder: Mapping[str, Any] | None = None,
                config: Mapping[str, Any] | None = None, revision: int = 0,
-               collision_report: Mapping[str, Any] | None = None):
+               collision_report: Mapping[str, Any] | None = None, finish_id: int | None = None):
     if method not in METHODS:
       raise ValueError(f"unknown codebook method {method!r}; supported: {METHODS}")
     codes = np.asarray(codes, np.int32)
@@ -105,6 +109,11 @@ class Codebook:
     self.collision_report = dict(collision_report or {})
     if len(self.tool_names) != len(codes) or len(self.active) != len(codes):
       raise ValueError("codes, active and tool_names must have one row per tool")
+    if finish_id is not None and not 0 <= int(finish_id) < len(codes):
+      raise ValueError(f"finish_id={finish_id} is not a row of the {len(codes)}-row codebook")
+    # The Finish action's row (agent tuning, ToolGen stage 3): a code sequence like a tool's, so the trie can decode
+    # it, but no tool of the corpus; retrieval never returns it (`tool_rows`). None: not agent-tuned.
+    self.finish_id = None if finish_id is None else int(finish_id)
 
   # --- lookups ---------------------------------------------------------------------------------------------
   @property
@@ -118,6 +127,13 @@ class Codebook:
   @property
   def token_kind(self) -> str:
     return TOKEN_KINDS[self.method]
+
+  def tool_rows(self) -> np.ndarray:
+    """[M] the active rows that are tools of the corpus: every active row except Finish (what retrieval decodes)."""
+    keep = self.active.copy()
+    if self.finish_id is not None:
+      keep[self.finish_id] = False
+    return np.nonzero(keep)[0]
 
   def code_of(self, tool: int) -> tuple[int, ...]:
     return tuple(int(c) for c in self.codes[tool] if c >= 0)
@@ -232,6 +248,21 @@ class Codebook:
     ids = np.arange(start, start + m)
     return AddReport(ids, collided, collided.copy(), self.codes[ids])
 
+  def add_finish(self, embeddings: np.ndarray | None = None, *, doc: str | None = None) -> AddReport:
+    """Gives the Finish action its own code sequence: the Finish document (`embeddings` [1, D] from the corpus's
+    encoder, or `doc`) is coded by `add_tools` like a new tool (frozen quantiser, moved off taken codes), and its row
+    is remembered as `finish_id`. The row is appended after the corpus's tools, so tool ids stay corpus ids."""
+    if self.finish_id is not None:
+      raise ValueError(f"the codebook already has a Finish entry (row {self.finish_id})")
+    if self.token_kind == "vocab":
+      raise ValueError("the semantic baseline's codes are the tool name's own tokens; it has no Finish entry")
+    if self.method == "hierarchical":
+      raise ValueError("the hierarchical baseline has no frozen quantiser to code the Finish action with; use "
+                       "rqvae, residual_kmeans, atomic or numerical for agent tuning")
+    report = self.add_tools(embeddings, docs=None if doc is None else [doc], names=[FINISH_NAME])
+    self.finish_id = int(report.ids[0])
+    return report
+
   def _encode_docs(self, docs: Sequence[str]) -> np.ndarray:
     from toolgen_jax.codebook import embed
     spec = self.encoder.get("path") or self.encoder.get("kind") or "minilm"
@@ -323,7 +354,7 @@ class Codebook:
                 "num_tools": self.num_tools, "num_active": int(self.active.sum()), "level_sizes": self.level_sizes,
                 "token_kind": self.token_kind, "encoder": self.encoder, "config": self.config,
                 "quantizer_config": self.quantizer_config, "collision_report": self.collision_report,
-                "tool_names": self.tool_names}
+                "tool_names": self.tool_names, "finish_id": self.finish_id}
     tmp = d / "manifest.tmp.json"
     tmp.write_text(json.dumps(manifest, ensure_ascii=False, default=_json_default))
     os.replace(tmp, d / "manifest.json")
@@ -354,16 +385,17 @@ def load(directory: str | os.PathLike) -> Codebook:
     m = json.loads(mpath.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise DataError(str(mpath), None, None, f"cannot read codebook manifest: {e}") from e
-  if m.get("format_version") != FORMAT_VERSION:
+  if m.get("format_version") not in READABLE_VERSIONS:
     raise DataError(str(mpath), None, "format_version",
-                    f"codebook format {m.get('format_version')} is not the supported {FORMAT_VERSION}; rebuild it "
+                    f"codebook format {m.get('format_version')} is not one of the supported {READABLE_VERSIONS}; "
+                    "rebuild it "
                     f"(python -m toolgen_jax.main ... --config.pipeline.redo='(\"codebook\",)')")
   with np.load(d / "arrays.npz") as z:
     arrays = {k: z[k] for k in z.files}
   q = {k[2:]: v for k, v in arrays.items() if k.startswith("q/")}
   return Codebook(m["method"], arrays["codes"], m["level_sizes"], active=arrays["active"], tool_names=m["tool_names"],
                   quantizer=q, quantizer_config=m["quantizer_config"], encoder=m["encoder"], config=m["config"],
-                  revision=m["revision"], collision_report=m["collision_report"])
+                  revision=m["revision"], collision_report=m["collision_report"], finish_id=m.get("finish_id"))
 
 
 # --- builders --------------------------------------------------------------------------------------------------

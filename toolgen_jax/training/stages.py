@@ -65,15 +65,16 @@ def _template(tokenizer: Any, turns: Sequence[Mapping[str, str]], generation_pro
 
 
 def render_chat(tokenizer: Any, turns: Sequence[Mapping[str, str]], example_id: str,
-                target_roles: Iterable[str] = ("assistant",)) -> Example:
+                target_roles: Iterable[str] = ("assistant",), first_target: int = 0) -> Example:
   """Splits the templated chat into segments; each target-role turn's own text (after its generation prompt) is a
-  target segment. Raises if the template does not render prefixes as prefixes (then masks would be wrong)."""
+  target segment (turns before index `first_target` are context only). Raises if the template does not render
+  prefixes as prefixes (then masks would be wrong)."""
   target_roles = set(target_roles)
   segments: list[tuple[str, bool]] = []
   prev = ""
   for i, turn in enumerate(turns):
     full = _template(tokenizer, turns[:i + 1], False)
-    if turn["role"] in target_roles:
+    if turn["role"] in target_roles and i >= first_target:
       head = _template(tokenizer, turns[:i], True) if i else ""
       if not (head.startswith(prev) and full.startswith(head)):
         raise ValueError(f"example {example_id}: the chat template does not extend turn {i} as a prefix; "
@@ -137,16 +138,28 @@ def retrieval_examples(queries: Sequence[Query], codebook: Any, tokenizer: Any, 
 
 
 def trajectory_examples(trajectories: Sequence[Trajectory], corpus: ToolCorpus, codebook: Any, tokenizer: Any, *,
-                        finish_id: int | None = None, system_prompt: str | None = None) -> list[Example]:
+                        finish_id: int | None = None, system_prompt: str | None = None,
+                        per_step: bool = False) -> list[Example]:
   """Agent tuning: each trajectory in the agent's chat format; loss on every assistant turn (thought, action code,
-  action input). `finish_id`: the codebook row of the Finish action (required when a trajectory finishes)."""
+  action input). `finish_id`: the codebook row of the Finish action (required when a trajectory finishes).
+
+  `per_step`: one example per assistant step instead: the gold history before it as context (no loss) and that
+  step's turns as targets, i.e. exactly the prompts the agent sees at inference. Truncation to seq_len then cuts
+  old history, never the step being learnt (whole trajectories of ToolBench run 1-4k tokens).
+
+  A step whose action is neither a corpus tool nor Finish (ToolBench's hallucinated names, an answer written
+  without an action) has no code sequence: it is left out of the rendering with the observation it drew, and
+  counted in one summary line.
+  """
+  from absl import logging
+
   from toolgen_jax.agent import format as fmt  # the agent's format is the single definition of the turns
 
   def action_text(m: Message) -> str:
     if m.action is None:
       if finish_id is None:
         raise DataError("trajectories", m.action_name, "action",
-                        "a Finish / refused action needs finish_id (the Finish action's codebook row)")
+                        "a Finish action needs finish_id (the Finish action's codebook row)")
       return code_text(codebook, finish_id)
     return code_text(codebook, m.action)
 
@@ -155,9 +168,32 @@ def trajectory_examples(trajectories: Sequence[Trajectory], corpus: ToolCorpus, 
 
   kw = {} if system_prompt is None else {"system_prompt": system_prompt}
   out = []
+  dropped = 0
   for tr in trajectories:
-    turns = fmt.chat_turns(tr.messages, action_text=action_text, tool_of=tool_of, **kw)
-    out.append(render_chat(tokenizer, turns, f"trajectory/{tr.id}"))
+    msgs: list[Message] = []
+    skip_obs = False
+    for m in tr.messages:
+      if m.role == "assistant" and m.action is None and m.action_name != "Finish":
+        dropped += 1
+        skip_obs = True
+        continue
+      if m.role == "observation" and skip_obs:
+        continue
+      skip_obs = False
+      msgs.append(m)
+    if not per_step:
+      out.append(render_chat(tokenizer, fmt.chat_turns(msgs, action_text=action_text, tool_of=tool_of, **kw),
+                             f"trajectory/{tr.id}"))
+      continue
+    for i, m in enumerate(msgs):
+      if m.role != "assistant":
+        continue
+      context = fmt.chat_turns(msgs[:i], action_text=action_text, tool_of=tool_of, **kw)
+      step = fmt.assistant_turns(m, action_text=action_text, tool_of=tool_of)
+      out.append(render_chat(tokenizer, context + step, f"trajectory/{tr.id}/{i}", first_target=len(context)))
+  if dropped:
+    logging.warning("trajectory_examples: %d assistant steps without a known tool or Finish left out (with their "
+                    "observations) of %d trajectories", dropped, len(trajectories))
   return out
 
 
@@ -178,7 +214,11 @@ def stage_examples(stage: str, *, corpus: ToolCorpus, queries: Sequence[Query] =
     return retrieval_examples(queries, codebook, tokenizer, multi_target=tc.get("multi_target", "separate"),
                               system_prompt=tc.get("system_prompt"))
   if stage == "trajectory":
-    return trajectory_examples(trajectories, corpus, codebook, tokenizer, finish_id=finish_id)
+    mode = dc.get("trajectory_examples", "whole")
+    if mode not in ("whole", "steps"):
+      raise ValueError(f"config.data.trajectory_examples must be whole|steps, got {mode!r}")
+    return trajectory_examples(trajectories, corpus, codebook, tokenizer, finish_id=finish_id,
+                               per_step=mode == "steps")
   raise ValueError(f"unknown stage {stage!r}; config.train.stages may contain {STAGES}")
 
 
