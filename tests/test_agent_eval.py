@@ -87,6 +87,26 @@ def test_refused_choices_are_counted():
   assert agent_eval.evaluate(Outside(TRAJS[:2]), TRAJS[:2], CORPUS, setting="all")["overall"]["refused_rate"] == 0.0
 
 
+def test_history_leaves_out_unknown_action_steps_as_training_does():
+  ghost = Message("assistant", action=None, action_name="ghost_tool", action_input="{}")
+  msgs = (Message("user", "q"), Message("assistant", action=0, action_name="w", action_input='{"city": "A"}'),
+          Message("observation", "r0"), ghost, Message("observation", "ghost answer"),
+          Message("assistant", action=None, action_name="Finish", action_input=fmt.finish_input("x")))
+  kept, dropped = fmt.known_steps(msgs)
+  assert dropped == 1 and kept == msgs[:3] + msgs[5:]
+  seen = []
+
+  class Recorder(AlwaysFinish):
+
+    def choose_tool(self, history, thought, candidates, *, k=1, allow_finish=True):
+      seen.append(tuple(history))
+      return [ToolChoice(None)]
+
+  out = agent_eval.evaluate(Recorder([]), [Trajectory("I1/g", "q", msgs, (0,))], CORPUS, arguments=False)
+  assert out["skipped_unresolved"] == 1 and out["overall"]["steps"] == 2
+  assert seen == [msgs[:1], msgs[:3]]  # the Finish step's history has no ghost step nor its observation
+
+
 def test_remap_by_tool_key():
   target = ToolCorpus([Tool(0, "p", "p"), Tool(0, "w", "w")])
   out, missing = agent_eval.remap(TRAJS[:1], CORPUS, target)

@@ -164,6 +164,9 @@ def test_finish_entry_is_a_unique_code_that_survives_save_load_and_is_no_tool(tm
   assert back.tool_rows().tolist() == [i for i in range(40) if i != 5]
   new = back.add_tools(x[7:8] + 1e-4, names=["late"])  # tools added later come after Finish
   assert new.ids.tolist() == [41] and back.finish_id == 40
+  assert back.corpus_ids([0, 39, 41]).tolist() == [0, 39, 40]  # the late tool is corpus tool 40: Finish is no tool
+  with pytest.raises(ValueError, match="Finish"):
+    back.corpus_ids([40])
   # A version-2 artifact (before Finish entries) still loads, as a codebook without Finish.
   m = json.loads((tmp_path / "cb" / "manifest.json").read_text())
   m["format_version"] = 2

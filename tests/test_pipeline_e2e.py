@@ -197,3 +197,25 @@ def test_agent_tuning_trains_a_finish_code_that_retrieval_never_returns(shared_d
   out = agent_eval.evaluate(backend.policy, traj, backend.corpus, setting="gt_tools", arguments=False)
   assert out["overall"]["steps"] == sum(m.role == "assistant" for m in traj[0].messages)
   assert out["overall"]["refused_rate"] == 0.0  # the trie cannot leave the offered tools + Finish
+
+
+def test_post_guided_refinement_keeps_the_finish_entry_of_an_agent_codebook(shared_data, tmp_path):
+  """refine_rounds=1 after agent tuning: the re-quantised codebook codes the Finish document again (same row, a code
+  no tool has), so the retrained trajectory stage and the saved artifact still have their Finish action."""
+  from toolgen_jax.codebook import codebook as cb_lib
+  c = tiny_config(**{"data.source": "toolbench", "data.path": str(shared_data / "ToolBench/data_example"),
+                     "data.max_tools": -1, "data.max_queries": -1, "data.trajectory_examples": "steps",
+                     "train.stages": ("memorization", "trajectory"), "train.refine_rounds": 1,
+                     "codebook.method": "residual_kmeans", "codebook.levels": 2, "codebook.size": 8,
+                     "codebook.pca_dim": 8, "train.steps": 3, "train.batch_size": 4, "train.seq_len": 256,
+                     "train.packing": "pad"})
+  wd = pipeline.Workdir(tmp_path)
+  pipeline.write_config(c, wd)
+  ds = pipeline.load_corpus(c, wd)
+  cb = pipeline.load_codebook(c, wd, ds, pipeline.load_embeddings(c, wd, ds))
+  n = len(ds.corpus)
+  params, cb, model = pipeline.train(c, wd, ds, cb, pipeline.build_model(c, wd, ds, cb))
+  assert (tmp_path / "checkpoints" / "trajectory_refine0").exists()
+  final = cb_lib.load(tmp_path / "codebook")
+  assert final.encoder["kind"] == "llm_mean" and final.finish_id == n == cb.finish_id
+  assert final.code_of(n) not in {final.code_of(i) for i in range(n)}

@@ -320,7 +320,7 @@ def build_trie(config, cb, tok, *, finish: bool = False):
   from toolgen_jax.decoding import trie as trie_lib
   fin = getattr(cb, "finish_id", None)
   rows = cb.tool_rows() if hasattr(cb, "tool_rows") else np.nonzero(cb.active)[0]
-  ids = rows if fin is None else np.where(rows > fin, rows - 1, rows)
+  ids = cb.corpus_ids(rows) if hasattr(cb, "corpus_ids") else rows
   if finish and fin is not None and cb.active[fin]:
     rows, ids = np.append(rows, fin), np.append(ids, agent_finish_id(cb))
   codes = cb.codes[rows]
@@ -442,20 +442,24 @@ def refine(config, wd: Workdir, ds, cb, model: Model, params, rounds: int, fit_s
   names = [t.name for t in ds.corpus]
   last = config.train.stages[-1]
   state = {"round": 0, "model": model}
+  # An agent-tuned codebook's Finish row is re-embedded too and re-coded as Finish again (its row stays after the tools).
+  finish = getattr(cb, "finish_id", None) is not None
 
   def embed_tools(p):
     if (wd / f"codebook_refine{state['round']}" / "manifest.json").exists():
       return np.zeros((0,), np.float32)  # this round's codebook exists: quantize() reloads it
     _say(f"[refine {state['round']}] re-embedding {len(docs)} tools with the trained model")
-    return llm_tool_embeddings(config, state["model"], p, docs)
+    return llm_tool_embeddings(config, state["model"], p, docs + [finish_document(config)] * finish)
 
   def quantize(emb, old):
     path = wd / f"codebook_refine{state['round']}"
     if (path / "manifest.json").exists():
       new = cb_lib.load(path)
     else:
-      new = cb_lib.build(config.codebook, emb, names, cooccurrence=ds.cooccurrence,
+      new = cb_lib.build(config.codebook, emb[:len(docs)], names, cooccurrence=ds.cooccurrence,
                          encoder={"kind": "llm_mean", "max_len": int(config.encoder.max_len)}, progress=True)
+      if finish:
+        new.add_finish(embeddings=emb[len(docs):])
       new.save(path)
     return new
 

@@ -7,7 +7,8 @@ policy sees the gold history before that step (teacher forcing: earlier calls an
   - writes the Action Input for the *gold* tool, scored for validity against the tool's schema (it parses, has the
     required keys, right types and enum values) and for exact match with the gold arguments.
 The gold arguments' own validity is reported as the reference the policy's rate compares with. Steps whose gold
-action names no known tool (ToolBench hallucinated names) are counted and skipped.
+action names no known tool (ToolBench hallucinated names) are counted and left out, with their observations, of
+every later history too (`format.known_steps`, as in training).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from toolgen_jax.agent import format as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy
 from toolgen_jax.data.records import Message, ToolCorpus, Trajectory
@@ -90,14 +92,13 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
   for traj in trajectories:
     candidates = list(traj.tools) if setting == "gt_tools" else None
     allowed = None if candidates is None else set(candidates)
-    for i, m in enumerate(traj.messages):
+    messages, n = fmt.known_steps(traj.messages)  # the history training saw: unknown-action steps left out
+    skipped += n
+    for i, m in enumerate(messages):
       if m.role != "assistant":
         continue
-      is_finish = m.action is None and m.action_name == "Finish"
-      if m.action is None and not is_finish:
-        skipped += 1
-        continue
-      history: tuple[Message, ...] = traj.messages[:i]
+      is_finish = m.action is None
+      history: tuple[Message, ...] = messages[:i]
       thought = policy.think(history) if think else (m.thought or "")
       ranked = policy.choose_tool(history, thought, candidates, k=k, allow_finish=True)
       top = ranked[0].tool if ranked else -1

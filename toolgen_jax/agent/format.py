@@ -39,6 +39,30 @@ FINISH_TOOL = Tool(
 INVALID_ACTION = "invalid_hallucination_function_name"
 
 
+def is_unknown_action(m: Message) -> bool:
+  """An assistant step whose action names no tool of the corpus and is not Finish (ToolBench's hallucinated names)."""
+  return m.role == "assistant" and m.action is None and m.action_name != "Finish"
+
+
+def known_steps(messages: Sequence[Message]) -> tuple[tuple[Message, ...], int]:
+  """The messages without unknown-action steps and the observations that answered them, and how many steps went.
+
+  Training (`stages.trajectory_examples`) and per-step evaluation (`agent.eval`) both read trajectories through this,
+  so the model is never prompted with a history of a kind it was not trained on (such a step has no code to render).
+  """
+  out: list[Message] = []
+  dropped, skip_obs = 0, False
+  for m in messages:
+    if is_unknown_action(m):
+      dropped, skip_obs = dropped + 1, True
+      continue
+    if m.role == "observation" and skip_obs:
+      continue
+    skip_obs = False
+    out.append(m)
+  return tuple(out), dropped
+
+
 def tool_documentation(tool: Tool) -> str:
   """The documentation shown after an action token (name, description, JSON-schema parameters)."""
   return json.dumps({"name": tool.name, "description": tool.description, "parameters": dict(tool.parameters)},

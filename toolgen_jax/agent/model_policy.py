@@ -305,12 +305,11 @@ def load_model_backend(workdir: pathlib.Path, **policy_kw):
   policy = ModelPolicy(m.params, m.config, HFCodec(m.tokenizer, eos_id=eot), trie, corpus, finish_id=finish_id, **kw)
 
   def add_tools(tools: Sequence[Tool]) -> list[int]:
-    has_finish = cb.finish_id is not None  # codebook rows after the Finish row are corpus ids + 1
-    if len(corpus) != cb.num_tools - has_finish:
+    if len(corpus) != cb.num_tools - (cb.finish_id is not None):
       raise RuntimeError(f"corpus ({len(corpus)}) and codebook ({cb.num_tools}) ids diverge; cannot add tools")
     report = trained.add_tools(tools)  # may extend the vocabulary: refresh the model side
     ids = [corpus.add(t) for t in tools]
-    rows = [int(r) - (has_finish and int(r) > cb.finish_id) for r in report.ids]
+    rows = cb.corpus_ids(report.ids).tolist()
     if rows != ids:
       raise RuntimeError(f"codebook ids {rows} != corpus ids {ids}")
     mm = trained.model

@@ -135,6 +135,16 @@ class Codebook:
       keep[self.finish_id] = False
     return np.nonzero(keep)[0]
 
+  def corpus_ids(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Corpus tool ids of codebook rows. Finish is a row but not a tool, so rows after it (tools added later through
+    `add_tools`) shift down by one and keep the corpus's numbering; the Finish row itself has no corpus id."""
+    rows = np.asarray(rows, np.int64)
+    if self.finish_id is None:
+      return rows
+    if (rows == self.finish_id).any():
+      raise ValueError(f"row {self.finish_id} is the Finish entry, not a corpus tool")
+    return np.where(rows > self.finish_id, rows - 1, rows)
+
   def code_of(self, tool: int) -> tuple[int, ...]:
     return tuple(int(c) for c in self.codes[tool] if c >= 0)
 

@@ -170,17 +170,8 @@ def trajectory_examples(trajectories: Sequence[Trajectory], corpus: ToolCorpus, 
   out = []
   dropped = 0
   for tr in trajectories:
-    msgs: list[Message] = []
-    skip_obs = False
-    for m in tr.messages:
-      if m.role == "assistant" and m.action is None and m.action_name != "Finish":
-        dropped += 1
-        skip_obs = True
-        continue
-      if m.role == "observation" and skip_obs:
-        continue
-      skip_obs = False
-      msgs.append(m)
+    msgs, n = fmt.known_steps(tr.messages)
+    dropped += n
     if not per_step:
       out.append(render_chat(tokenizer, fmt.chat_turns(msgs, action_text=action_text, tool_of=tool_of, **kw),
                              f"trajectory/{tr.id}"))
