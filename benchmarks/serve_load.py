@@ -1,6 +1,13 @@
 """Bounded concurrent load test of `python -m toolgen_jax.serve` on 127.0.0.1.
 
   python benchmarks/serve_load.py --workdir=demo --requests=400 --concurrency=8
+  python benchmarks/serve_load.py --workdir=workdirs/agent --tools=workdir --requests=24 --concurrency=4
+
+--tools=demo sends two made-up tools with short questions (the model-free demo backend knows neither: its add_tools
+path). --tools=workdir builds each request from the trained workdir's own data: a query of its dataset with its
+relevant tools plus distractors, written as OpenAI tools (name and JSON schema), so a trained model serves tools it
+knows (the trie is restricted to them); after the load, one request carrying a tool the model has never seen measures
+the add_tools path (coding it through the codebook, vocabulary growth) and must still be served.
 
 Starts the server as a subprocess on a free loopback port, sends `--requests` valid /v1/chat/completions requests
 from `--concurrency` client threads (a fixed total: the loop is bounded), then malformed and oversized bodies, then
@@ -64,6 +71,43 @@ def start_server(workdir: str, max_body_bytes: int) -> tuple[subprocess.Popen, i
   return proc, int(line.split("http://127.0.0.1:")[1].split("/")[0])
 
 
+def openai_tool(t) -> dict:
+  """A corpus tool as an OpenAI tool, named as ToolBench's function (`{api}_for_{tool}`, no spaces), one of the names
+  the server matches a known tool by (with its schema)."""
+  from toolgen_jax.agent.executors import toolbench_function_name
+  name = toolbench_function_name(t.tool_name, t.api_name)
+  return {"type": "function", "function": {"name": name, "description": t.description[:300],
+                                           "parameters": dict(t.parameters) or {"type": "object", "properties": {}}}}
+
+
+def workdir_requests(workdir: str, n: int, tools_per_request: int, seed: int = 0) -> list[bytes]:
+  """n request bodies from the workdir's dataset: a query with its relevant tools plus distractors, shuffled."""
+  from toolgen_jax.data import dataset as dataset_lib
+  ds = dataset_lib.load(pathlib.Path(workdir) / "dataset", verify=False)
+  rng = np.random.default_rng(seed)
+  queries = [q for q in ds.queries if q.relevant]
+  if not queries:
+    raise SystemExit(f"{workdir}/dataset has no queries with relevant tools")
+  out = []
+  for i in range(n):
+    q = queries[int(rng.integers(len(queries)))]
+    ids = list(dict.fromkeys(q.relevant))[:tools_per_request]
+    while len(ids) < min(tools_per_request, len(ds.corpus)):
+      j = int(rng.integers(len(ds.corpus)))
+      if j not in ids:
+        ids.append(j)
+    rng.shuffle(ids)
+    out.append(json.dumps({"model": "toolgen", "messages": [{"role": "user", "content": q.text}],
+                           "tools": [openai_tool(ds.corpus[j]) for j in ids]}).encode())
+  return out
+
+
+UNSEEN_TOOL = {"type": "function", "function": {
+    "name": "lunar_phase_lookup", "description": "Phase of the moon (new, waxing, full, waning) on a given date.",
+    "parameters": {"type": "object", "properties": {"date": {"type": "string", "description": "YYYY-MM-DD"}},
+                   "required": ["date"]}}}
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--workdir", default="demo")
@@ -71,13 +115,20 @@ def main() -> None:
   ap.add_argument("--concurrency", type=int, default=8)
   ap.add_argument("--timeout_s", type=float, default=30.0)
   ap.add_argument("--max_body_bytes", type=int, default=2**20)
+  ap.add_argument("--tools", choices=("demo", "workdir"), default="demo")
+  ap.add_argument("--tools_per_request", type=int, default=4)
   a = ap.parse_args()
   proc, port = start_server(a.workdir, a.max_body_bytes)
   try:
     work: queue.Queue = queue.Queue()
-    for i in range(a.requests):
-      msgs = [{"role": "user", "content": QUERIES[i % len(QUERIES)]}]
-      work.put(json.dumps({"model": "toolgen", "messages": msgs, "tools": TOOLS}).encode())
+    if a.tools == "workdir":
+      bodies = workdir_requests(a.workdir, a.requests, a.tools_per_request)
+    else:
+      bodies = [json.dumps({"model": "toolgen", "messages": [{"role": "user", "content": QUERIES[i % len(QUERIES)]}],
+                            "tools": TOOLS}).encode() for i in range(a.requests)]
+    kinds: dict[str, int] = {}
+    for raw in bodies:
+      work.put(raw)
     lat, statuses, failures = [], [], []
     lock = threading.Lock()
 
@@ -91,6 +142,10 @@ def main() -> None:
         try:
           status, body = post(port, raw, a.timeout_s)
           ok = status == 200 and body["choices"][0]["finish_reason"] in ("tool_calls", "stop")
+          if ok:
+            with lock:
+              kind = body.get("toolgen", {}).get("kind", "?")
+              kinds[kind] = kinds.get(kind, 0) + 1
         except Exception as e:  # a dropped connection counts as an error, never stops the test
           status, ok = -1, False
           with lock:
@@ -99,7 +154,7 @@ def main() -> None:
           lat.append(time.perf_counter() - t0)
           statuses.append(status if ok else -abs(status))
 
-    post(port, work.queue[0], a.timeout_s)  # warm-up (first request compiles / imports)
+    post(port, work.queue[0], max(a.timeout_s, 600.0))  # warm-up (first request compiles / imports)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
     for t in threads:
@@ -109,6 +164,14 @@ def main() -> None:
     wall = time.perf_counter() - t0
     served = sum(s == 200 for s in statuses)
     ms = np.asarray(lat) * 1e3
+    unseen = None
+    if a.tools == "workdir":  # a tool the model has never seen: coded through add_tools, then served
+      raw = json.loads(bodies[0])
+      raw["tools"].append(UNSEEN_TOOL)
+      t1 = time.perf_counter()
+      st, body = post(port, json.dumps(raw).encode(), max(a.timeout_s, 600.0))
+      unseen = {"status": st, "seconds": round(time.perf_counter() - t1, 2),
+                "kind": (body or {}).get("toolgen", {}).get("kind")}
     bad_json_status, bad_json = post(port, b'{"messages": [', a.timeout_s)
     big_status, big = post(port, b"x" * (a.max_body_bytes + 1), a.timeout_s)
     bad_field_status, bad_field = post(port, json.dumps({"messages": "hi"}).encode(), a.timeout_s)
@@ -117,10 +180,10 @@ def main() -> None:
     alive = conn.getresponse().status == 200
     conn.close()
     result = {
-        "workdir": a.workdir, "requests": a.requests, "concurrency": a.concurrency, "served_ok": served,
+        "workdir": a.workdir, "tools": a.tools, "requests": a.requests, "concurrency": a.concurrency, "served_ok": served,
         "errors": a.requests - served, "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
-        "throughput_rps": round(a.requests / wall, 1),
+        "throughput_rps": round(a.requests / wall, 3), "answers": kinds, "unseen_tool_request": unseen,
         "malformed_json": [bad_json_status, bad_json["error"]["message"][:60]],
         "oversized_body": [big_status, big["error"]["message"][:60]],
         "malformed_field": [bad_field_status, bad_field["error"]["message"][:60]],
