@@ -63,8 +63,9 @@ def main() -> None:
   out: dict = {"groups": GROUPS, "rows": {}}
   for setting in ("multi-domain", "in-domain"):
     print(f"\n### {setting} (NDCG@1 / NDCG@5 x100, test split)\n")
-    print("| method | " + " | ".join(GROUPS) + " | train queries N@1 | own documents N@1 |")
-    print("|---|" + "---:|" * (len(GROUPS) + 2))
+    probes = setting == "multi-domain"  # the probes carry no candidate lists: scored multi-domain only
+    print("| method | " + " | ".join(GROUPS) + (" | train queries N@1 | own documents N@1 |" if probes else " |"))
+    print("|---|" + "---:|" * (len(GROUPS) + 2 * probes))
     for label, m, methods, wd in rows:
       vals = {g: (cell(methods, m, setting, "test", g, "ndcg@1"), cell(methods, m, setting, "test", g, "ndcg@5"))
               for g in GROUPS}
@@ -73,9 +74,9 @@ def main() -> None:
       if all(v == (None, None) for v in vals.values()):
         continue
       print(f"| {label} | " + " | ".join(f"{fmt(a1)} / {fmt(a5)}" for a1, a5 in vals.values())
-            + f" | {fmt(tr)} | {fmt(mem)} |")
-      out["rows"].setdefault(m, {})[setting] = {g: {"ndcg@1": v[0], "ndcg@5": v[1]} for g, v in vals.items()} | {
-          "train_ndcg@1": tr, "memorisation_ndcg@1": mem}
+            + (f" | {fmt(tr)} | {fmt(mem)} |" if probes else " |"))
+      out["rows"].setdefault(m, {})[setting] = {g: {"ndcg@1": v[0], "ndcg@5": v[1]} for g, v in vals.items()} | (
+          {"train_ndcg@1": tr, "memorisation_ndcg@1": mem} if probes else {})
   print("\n| method | perplexity base -> tuned | wall s |\n|---|---|---:|")
   for m, e in extra.items():
     print(f"| {LABELS.get(m, m)} | {e['perplexity_base']} -> {e['perplexity_tuned']} | {e['seconds']} |")
