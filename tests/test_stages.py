@@ -83,16 +83,21 @@ def test_generative_prompt_is_the_training_prompt(system_prompt):
     assert "SmolLM" not in prompt and f"system\n{system_prompt}<|im_end|>" in prompt
 
 
-def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
-  from toolgen_jax.agent import format as fmt
+def _weather_trajectory(tid: str, *later: Message):
+  """One weather tool (row 0) and a toy codebook whose row 1 is Finish; a trajectory that calls it, then `later`."""
   corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])
-  cb = toy_codebook(2, LEVELS, SIZE)  # row 1 = Finish
-  tr = Trajectory(id="t", query_id="q", messages=(
+  tr = Trajectory(id=tid, query_id="q", messages=(
       Message(role="user", content="weather in Paris?"),
       Message(role="assistant", thought="look it up", action=0, action_name="today", action_input='{"city": "P"}'),
-      Message(role="observation", content='{"response": "sunny"}'),
-      Message(role="assistant", thought="done", action=None, action_name="Finish",
-              action_input='{"return_type": "give_answer", "final_answer": "sunny"}')))
+      Message(role="observation", content='{"response": "sunny"}')) + later)
+  return corpus, toy_codebook(2, LEVELS, SIZE), tr
+
+
+def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
+  from toolgen_jax.agent import format as fmt
+  corpus, cb, tr = _weather_trajectory("t", Message(
+      role="assistant", thought="done", action=None, action_name="Finish",
+      action_input='{"return_type": "give_answer", "final_answer": "sunny"}'))
   ex = stages.trajectory_examples([tr], corpus, cb, TOK, finish_id=1)[0]
   targets = _target_texts(ex)
   # thought, action code, action input for each of the 2 steps
@@ -105,17 +110,13 @@ def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
 
 def test_trajectory_examples_per_step_and_steps_without_a_code():
   from toolgen_jax.agent import format as fmt
-  corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])
-  cb = toy_codebook(2, LEVELS, SIZE)  # row 1 = Finish
-  tr = Trajectory(id="I1/t", query_id="q", messages=(
-      Message(role="user", content="weather in Paris?"),
-      Message(role="assistant", thought="look it up", action=0, action_name="today", action_input='{"city": "P"}'),
-      Message(role="observation", content='{"response": "sunny"}'),
+  corpus, cb, tr = _weather_trajectory(
+      "I1/t",
       Message(role="assistant", thought="", action=None, action_name="made_up_api", action_input="{}"),
       Message(role="observation", content='{"error": "no such function"}'),
       Message(role="assistant", content="It is sunny.", action=None, action_name=None),
       Message(role="assistant", thought="done", action=None, action_name="Finish",
-              action_input=fmt.finish_input("sunny"))))
+              action_input=fmt.finish_input("sunny")))
   (whole,) = stages.trajectory_examples([tr], corpus, cb, TOK, finish_id=1)
   # The hallucinated call (and its observation) and the action-less answer have no code: left out, not Finish.
   assert "made_up_api" not in whole.text and "no such function" not in whole.text

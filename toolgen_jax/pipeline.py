@@ -291,7 +291,7 @@ def build_model(config, wd: Workdir, ds, cb) -> Model:
   init = config.vocab.init
   if init == "codebook":
     docs = tool_documents(config, ds)
-    if getattr(cb, "finish_id", None) is not None:  # the Finish row (after the corpus's tools) has a document too
+    if cb.finish_id is not None:  # the Finish row (after the corpus's tools) has a document too
       docs = docs + [finish_document(config)]
     kw["tool_vectors"] = vocab_lib.tool_model_vectors(params, mcfg, tok, docs)
     members = cb.token_members()
@@ -318,9 +318,9 @@ def build_trie(config, cb, tok, *, finish: bool = False):
   it; the agent (finish=True) gets it as tool id `agent_finish_id(cb)`, one past the corpus's ids (codebook rows
   added after Finish shift down by one, so they stay corpus ids)."""
   from toolgen_jax.decoding import trie as trie_lib
-  fin = getattr(cb, "finish_id", None)
-  rows = cb.tool_rows() if hasattr(cb, "tool_rows") else np.nonzero(cb.active)[0]
-  ids = cb.corpus_ids(rows) if hasattr(cb, "corpus_ids") else rows
+  fin = cb.finish_id
+  rows = cb.tool_rows()
+  ids = cb.corpus_ids(rows)
   if finish and fin is not None and cb.active[fin]:
     rows, ids = np.append(rows, fin), np.append(ids, agent_finish_id(cb))
   codes = cb.codes[rows]
@@ -342,7 +342,7 @@ def build_trie(config, cb, tok, *, finish: bool = False):
 
 def agent_finish_id(cb) -> int | None:
   """The Finish action's id in an agent trie (`build_trie(..., finish=True)`): one past the corpus's tool ids."""
-  return None if getattr(cb, "finish_id", None) is None else cb.num_tools - 1
+  return None if cb.finish_id is None else cb.num_tools - 1
 
 
 def training_trajectories(config, ds) -> list:
@@ -379,7 +379,7 @@ def train(config, wd: Workdir, ds, cb, model: Model) -> tuple[Any, Any, Model]:
     examples = stages_lib.stage_examples(stage, corpus=ds.corpus, queries=train_q, trajectories=train_t,
                                          codebook=code_targets(cb, model.tokenizer), tokenizer=model.tokenizer,
                                          train_config=config.train, data_config=config.data,
-                                         finish_id=getattr(cb, "finish_id", None))
+                                         finish_id=cb.finish_id)
     pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(config.train.batch_size),
                             seq_len=int(config.train.seq_len), seed=int(config.seed),
                             pad_id=model.tokenizer.pad_id or 0, mode=config.train.packing)
@@ -443,7 +443,7 @@ def refine(config, wd: Workdir, ds, cb, model: Model, params, rounds: int, fit_s
   last = config.train.stages[-1]
   state = {"round": 0, "model": model}
   # An agent-tuned codebook's Finish row is re-embedded too and re-coded as Finish again (its row stays after the tools).
-  finish = getattr(cb, "finish_id", None) is not None
+  finish = cb.finish_id is not None
 
   def embed_tools(p):
     if (wd / f"codebook_refine{state['round']}" / "manifest.json").exists():
