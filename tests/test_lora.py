@@ -73,9 +73,10 @@ def test_trainable_mask_and_gradients():
   _, _, lc, lp = _setup(targets=("q_proj", "v_proj"), qkv_bias=False)
   new_ids = [250, 253]
   mask = lora.trainable_mask(lp, lc, "lora_and_new_tokens", new_token_ids=new_ids)
-  assert mask["layers"]["q_proj"]["lora_a"] and not mask["layers"]["q_proj"]["kernel"]
-  assert mask["embed"]["embedding"].shape == (lc.vocab_size, 1) and mask["embed"]["embedding"].sum() == 2
-  assert mask["lm_head"]["kernel"].shape == (1, lc.vocab_size)
+  assert mask["layers"]["q_proj"]["lora_a"] is True and mask["layers"]["q_proj"]["kernel"] is False
+  emb, head = mask["embed"]["embedding"], mask["lm_head"]["kernel"]
+  assert (emb.axis, emb.dim, emb.keep.shape, int(emb.keep.sum())) == ("vocab", 0, (lc.vocab_size,), 2)
+  assert (head.dim, np.flatnonzero(head.keep).tolist()) == (1, new_ids)
   labels = lora.optimizer_labels(mask)
   assert labels["embed"]["embedding"] == "trainable" and labels["layers"]["up_proj"]["kernel"] == "frozen"
   tok = jnp.array([[1, 250, 7, 253]])
@@ -90,7 +91,8 @@ def test_trainable_mask_and_gradients():
   assert n == (512 + 512) + (512 + 256) + 128 + 128
   only_new = lora.trainable_mask(lp, lc, "new_tokens", new_token_ids=new_ids)
   assert not only_new["layers"]["q_proj"]["lora_a"]
-  with pytest.raises(ValueError, match="needs new_token_ids"):
+  assert lora.count_trainable(lp, only_new) == 128 + 128
+  with pytest.raises(ValueError, match="needs new_token_start"):
     lora.trainable_mask(lp, lc, "new_tokens")
   with pytest.raises(ValueError, match="unknown LoRA targets"):
     lora.apply_lora(lp, lc, jax.random.key(0), targets=("qkv",))

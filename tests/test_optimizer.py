@@ -108,6 +108,8 @@ def test_clipping_bounds_the_gradient_seen_by_adam():
 def test_bad_mode_and_missing_start_raise():
   _, params, axes = _tiny()
   with pytest.raises(ValueError, match="trainable must be one of"):
+    opt.trainable_mask(params, axes, "everything")
+  with pytest.raises(ValueError, match="needs LoRA factors"):
     opt.trainable_mask(params, axes, "lora")
   with pytest.raises(ValueError, match="new_token_start"):
     opt.trainable_mask(params, axes, "new_tokens")

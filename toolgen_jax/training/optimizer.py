@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-TRAINABLE_MODES = ("all", "lora_and_new_tokens", "new_tokens")
+from toolgen_jax.models.lora import MODES as TRAINABLE_MODES  # noqa: F401  (re-exported)
+from toolgen_jax.models.lora import AxisMask, apply_mask, trainable_mask  # noqa: F401  (re-exported)
+from toolgen_jax.models.lora import _is_mask_leaf, _path_names
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float = 0.03,
@@ -42,14 +44,6 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
                                             end_value=peak * min_lr_ratio)
 
 
-def _path_names(path) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-
-
-def _is_axes(x) -> bool:
-  return x is None or (isinstance(x, tuple) and all(e is None or isinstance(e, str) for e in x))
-
-
 def weight_decay_mask(params: Any) -> Any:
   """True for weight matrices: ndim >= 2 and no 'norm'/'bias' in the path (stacked-layer norms are 2-D)."""
   def decays(path, x):
@@ -60,78 +54,7 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class AxisMask:
-  """Train only the slices of a leaf where `keep` [n] is True along its logical axis `axis` ('vocab' or 'layers')."""
-  axis: str
-  keep: np.ndarray
-
-
-def trainable_mask(params: Any, logical_axes: Any, mode: str, new_token_start: int | None = None,
-                   frozen_layers: int = 0) -> Any:
-  """Per leaf: True (train), False (freeze) or an `AxisMask` (rows >= new_token_start along 'vocab', layers >=
-  frozen_layers along 'layers').
-
-  Args:
-    params: the parameter pytree (arrays or ShapeDtypeStructs).
-    logical_axes: matching pytree of logical-axis tuples (`param_logical_axes(config)`).
-    mode: one of TRAINABLE_MODES.
-    new_token_start: first row of the added tool tokens (the vocabulary size before `extend_vocab`).
-    frozen_layers: the bottom layers left untouched (0 = none).
-  """
-  if mode not in TRAINABLE_MODES:
-    raise ValueError(f"config.train.trainable must be one of {TRAINABLE_MODES}, got {mode!r}")
-  if mode != "all" and new_token_start is None:
-    raise ValueError(f"config.train.trainable={mode!r} needs new_token_start (vocabulary size before the tool tokens)")
-  flat_axes, treedef = jax.tree_util.tree_flatten(logical_axes, is_leaf=_is_axes)
-  flat_params = treedef.flatten_up_to(params)
-  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  out = []
-  for path, x, axes in zip(paths, flat_params, flat_axes):
-    if mode == "all":
-      m = True
-    elif any("lora" in n.lower() for n in _path_names(path)):
-      m = mode == "lora_and_new_tokens"
-    elif axes is not None and "vocab" in axes:
-      vocab = np.shape(x)[axes.index("vocab")]
-      if not 0 <= new_token_start <= vocab:
-        raise ValueError(f"new_token_start={new_token_start} outside the vocabulary of {_path_names(path)} ({vocab})")
-      m = AxisMask("vocab", np.arange(vocab) >= new_token_start)
-    else:
-      m = False
-    if frozen_layers and m is True and axes is not None and "layers" in axes:
-      m = AxisMask("layers", np.arange(np.shape(x)[axes.index("layers")]) >= frozen_layers)
-    out.append(m)
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _is_mask_leaf(m) -> bool:
-  return isinstance(m, (bool, AxisMask))
-
-
-def _row_mask_like(mask: AxisMask, x: jax.Array, axes: tuple) -> jax.Array:
-  shape = [1] * x.ndim
-  shape[axes.index(mask.axis)] = -1
-  return jnp.asarray(mask.keep).reshape(shape)
-
-
-def apply_mask(tree: Any, mask: Any, logical_axes: Any) -> Any:
-  """Zeroes frozen leaves (without reading them) and frozen rows of row-masked leaves."""
-  flat_axes, treedef = jax.tree_util.tree_flatten(logical_axes, is_leaf=_is_axes)
-  flat_mask = treedef.flatten_up_to(mask)
-  flat = treedef.flatten_up_to(tree)
-  out = []
-  for x, m, axes in zip(flat, flat_mask, flat_axes):
-    if m is True:
-      out.append(x)
-    elif m is False:
-      out.append(jnp.zeros(x.shape, x.dtype))
-    else:
-      out.append(jnp.where(_row_mask_like(m, x, axes), x, jnp.zeros((), x.dtype)))
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def masked_updates(mask: Any, logical_axes: Any) -> optax.GradientTransformation:
+def masked_updates(mask: Any, logical_axes: Any = None) -> optax.GradientTransformation:
   """An optax stage that zeroes the updates of frozen leaves and rows (keeps weight decay off them too)."""
   def init(params):
     del params
@@ -139,7 +62,7 @@ def masked_updates(mask: Any, logical_axes: Any) -> optax.GradientTransformation
 
   def update(updates, state, params=None):
     del params
-    return apply_mask(updates, mask, logical_axes), state
+    return apply_mask(updates, mask), state
 
   return optax.GradientTransformation(init, update)
 
