@@ -39,7 +39,7 @@ def test_good_fixture_maps_fields(tmp_path):
   assert t.parameters == {"type": "object", "required": ["x"], "properties": {
       "x": {"type": "string", "x-source-type": "STRING", "description": "the x", "default": "1"},
       "n": {"type": "number", "x-source-type": "NUMBER", "description": ""}}}
-  assert ds.cooccurrence.num_edges == 1 and not ds.report.issues
+  assert ds.cooccurrence.num_edges == 0 and not ds.report.issues  # a test query never feeds the co-use graph
 
 
 def test_malformed_json_is_fatal(tmp_path):

@@ -19,7 +19,8 @@ def test_inspect_fixture(tmp_path, capsys):
   assert data_inspect.main(["--source=stabletoolbench", f"--path={f}", "--json"]) == 0
   stats = json.loads(capsys.readouterr().out)
   assert stats["tools"] == 2 and stats["queries"] == 3 and stats["queries_per_group"] == {"I2": 3}
-  assert stats["relevant_per_query"] == {"2": 3} and stats["cooccurrence_edges"] == 1
+  # StableToolBench files are test queries: the co-use graph (a training signal) counts none of them
+  assert stats["relevant_per_query"] == {"2": 3} and stats["cooccurrence_edges"] == 0
   assert data_inspect.main(["--source=stabletoolbench", f"--path={f}"]) == 0
   out = capsys.readouterr().out
   assert "relevant_per_query" in out and "cooccurrence_edges" in out and "[stabletoolbench]" in out

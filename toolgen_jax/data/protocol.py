@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from toolgen_jax.data.dataset import ToolDataset, merge, split_queries
-from toolgen_jax.data.readers import load_source
+from toolgen_jax.data.dataset import EVAL_SPLITS, TRAIN_SPLITS, ToolDataset, merge, split_queries
+from toolgen_jax.data.readers.beir import read as read_beir
+from toolgen_jax.data.readers.gorilla import read as read_gorilla
+from toolgen_jax.data.readers.stabletoolbench import read as read_stabletoolbench
 
 TOOLLENS = "COLT/datasets/ToolLens"
 STABLETOOLBENCH = "StableToolBench/solvable_queries/test_instruction"
 GORILLA = "gorilla/data"
-EVAL_SPLITS = ("test", "eval")
 
 
 def _regroup(ds: ToolDataset, group: str) -> ToolDataset:
@@ -30,24 +31,32 @@ def _regroup(ds: ToolDataset, group: str) -> ToolDataset:
 
 
 def load_real_protocol(data_dir: str | pathlib.Path, seed: int = 0,
-                       fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> ToolDataset:
-  """Loads and merges the three sources with the splits above; `split` is train | dev | test on every query."""
+                       fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), log: bool = True) -> ToolDataset:
+  """Loads and merges the three sources with the splits above; `split` is train | dev | test on every query.
+
+  The co-occurrence graph is fitted after the splits, on the train part only (`dataset.fit_cooccurrence`).
+  """
   root = pathlib.Path(data_dir)
-  toollens = _regroup(load_source("beir", str(root / TOOLLENS)), "ToolLens")
-  stb = load_source("stabletoolbench", str(root / STABLETOOLBENCH))
+  toollens = _regroup(read_beir(root / TOOLLENS, log=log), "ToolLens")
+  stb = read_stabletoolbench(root / STABLETOOLBENCH, log=log)
   parts = split_queries(stb.queries, fractions, seed=seed, by_group=True)
   stb.queries = [q for name in ("train", "dev", "test") for q in parts[name]]
-  gorilla = _regroup(load_source("gorilla", str(root / GORILLA)), "Gorilla-torchhub")
+  gorilla = _regroup(read_gorilla(root / GORILLA, log=log), "Gorilla-torchhub")
   for ds in (toollens, gorilla):
     ds.queries = [dataclasses.replace(q, split="test" if q.split in EVAL_SPLITS else q.split) for q in ds.queries]
-  merged = merge([toollens, stb, gorilla])
+  merged = merge([toollens, stb, gorilla])  # fits the graph on the merged train part (after the splits above)
   merged.source = "real_protocol"
   return merged
 
 
+def read(path: str | pathlib.Path, *, seed: int = 0, log: bool = True) -> ToolDataset:
+  """The `real_protocol` source of `toolgen_jax.data.readers.load_source`: `load_real_protocol(path, seed)`."""
+  return load_real_protocol(path, seed=seed, log=log)
+
+
 def unseen_test_tools(ds: ToolDataset) -> dict[str, int]:
   """How many relevant tools of the test queries never appear as relevant in a training query, per group."""
-  trained = {t for q in ds.queries if q.split == "train" for t in q.relevant}
+  trained = {t for q in ds.queries if q.split in TRAIN_SPLITS for t in q.relevant}
   out: dict[str, set[int]] = {}
   total: dict[str, set[int]] = {}
   for q in ds.queries:

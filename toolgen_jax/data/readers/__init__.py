@@ -3,6 +3,9 @@
 Each reader maps its on-disk format into the shared records (`toolgen_jax.data.records`) and returns a
 `ToolDataset`; recoverable problems are counted in its `LoadReport` (one summary line logged), fatal ones raise
 `DataError(path, record, field, message)`.
+
+`real_protocol` is a recipe over three format readers (`toolgen_jax.data.protocol`); it imports those readers'
+modules, never this registry, so the imports only go down.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Callable
 
-from toolgen_jax.data.dataset import ToolDataset, restrict, split_queries
+from toolgen_jax.data import protocol
+from toolgen_jax.data.dataset import EVAL_SPLITS, TRAIN_SPLITS, ToolDataset, fit_cooccurrence, restrict, split_queries
 from toolgen_jax.data.readers import beir, bfcl, gorilla, stabletoolbench, toolbench, toolgen_names
+
+__all__ = ["DEFAULT_PATHS", "EVAL_SPLITS", "READERS", "TRAIN_SPLITS", "from_config", "load_source"]
 
 READERS: dict[str, Callable[..., ToolDataset]] = {
     "bfcl": bfcl.read,
@@ -20,7 +26,7 @@ READERS: dict[str, Callable[..., ToolDataset]] = {
     "beir": beir.read,
     "gorilla": gorilla.read,
     "toolgen_names": toolgen_names.read,
-    "real_protocol": lambda path, **opts: _real_protocol(path, **opts),
+    "real_protocol": protocol.read,
 }
 DEFAULT_PATHS = {"bfcl": None}  # sources with an embedded default (None = the reader's own default)
 
@@ -39,17 +45,6 @@ def load_source(source: str, path: str | pathlib.Path | None = None, **opts: Any
   return READERS[source](path, **opts)
 
 
-def _real_protocol(path, seed: int = 0, log: bool = True) -> ToolDataset:
-  """The documented real-data protocol over a shared-data folder (ToolLens + StableToolBench + Gorilla)."""
-  del log
-  from toolgen_jax.data import protocol  # local: protocol imports this module
-  return protocol.load_real_protocol(path, seed=seed)
-
-
-TRAIN_SPLITS = ("train",)
-EVAL_SPLITS = ("test", "eval")
-
-
 def from_config(data_config, seed: int = 0) -> ToolDataset:
   """The dataset a pipeline run uses: `load_source(data.source, data.path)`, re-split when the source lacks its
   own train and test/eval splits, then `restrict(max_tools, max_queries)`.
@@ -57,6 +52,7 @@ def from_config(data_config, seed: int = 0) -> ToolDataset:
   Sources with both (ToolLens train/test, Gorilla train/eval) keep theirs. Others (BFCL: none; StableToolBench:
   test only) get `split_queries` with fractions (1 - dev - test, dev, test) from `data.dev_fraction` and
   `data.test_fraction`, stratified by group when `data.split_by_group` (counted in stats `resplit_queries`).
+  The co-occurrence graph is refitted after the split, on the training episodes only (`fit_cooccurrence`).
   """
   ds = load_source(data_config.source, data_config.path or None)
   splits = {q.split for q in ds.queries}
@@ -67,4 +63,5 @@ def from_config(data_config, seed: int = 0) -> ToolDataset:
     order = {q.id: i for i, q in enumerate(ds.queries)}
     ds.queries = sorted((q for v in parts.values() for q in v), key=lambda q: order[q.id])
     ds.report.stat("resplit_queries", len(ds.queries))
+    ds = fit_cooccurrence(ds)
   return restrict(ds, int(data_config.max_tools), int(data_config.max_queries))
