@@ -144,10 +144,33 @@ def _result(state: BeamState, alpha: float, length) -> BeamResult:
                     tokens=jnp.where(valid[..., None], tokens, -1))
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "reorder_cache", "beam_size", "alpha"))
+NORMALIZE = ("full", "level", "trie")
+
+
+def normalized_candidates(trie: trie_lib.DeviceTrie, t: int, node: jax.Array, logp: jax.Array,
+                          allowed: jax.Array | None = None, normalize: str = "full"):
+  """`trie_lib.candidates` with the log-probabilities renormalised as the code loss trains them
+  (`training/code_loss.py`): 'full' the vocabulary softmax (unchanged), 'level' a softmax over the step's code
+  tokens (`trie.code_tokens[t]`), 'trie' a softmax over the node's live children. The in-domain `allowed` subset
+  masks candidates after normalising, so a score means the same with or without it."""
+  if normalize not in NORMALIZE:
+    raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+  cand_logp, cand_token, cand_child = trie_lib.candidates(trie, t, node, logp, allowed)
+  if normalize == "full":
+    return cand_logp, cand_token, cand_child
+  if normalize == "level":
+    lse = jax.nn.logsumexp(jnp.take(logp, trie.code_tokens[t], axis=-1), axis=-1, keepdims=True)
+  else:
+    live = cand_logp if allowed is None else trie_lib.candidates(trie, t, node, logp, None)[0]
+    lse = jax.nn.logsumexp(live, axis=-1, keepdims=True)
+  lse = jnp.where(jnp.isfinite(lse), lse, 0.0)  # a node without live children (dead beam): keep -inf, not NaN
+  return cand_logp - lse, cand_token, cand_child
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "reorder_cache", "beam_size", "alpha", "normalize"))
 def trie_beam_search(step_fn: StepFn, reorder_cache: ReorderFn, params, first_logits: jax.Array, cache,
                      trie: trie_lib.DeviceTrie, *, beam_size: int, alpha: float = 0.0,
-                     allowed: jax.Array | None = None) -> BeamResult:
+                     allowed: jax.Array | None = None, normalize: str = "full") -> BeamResult:
   """Beam search constrained to the live tools of `trie` (optionally to a per-query subset).
 
   Args:
@@ -159,6 +182,8 @@ def trie_beam_search(step_fn: StepFn, reorder_cache: ReorderFn, params, first_lo
     beam_size: B.
     alpha: length normalisation exponent (variable-length codes).
     allowed: optional [Q, num_nodes] bool from `trie.allowed_nodes` (in-domain candidate pools).
+    normalize: 'full' (vocabulary softmax), 'level' or 'trie': the code loss's normalisation
+      (`normalized_candidates`), so a model trained with that loss is decoded with the scores it was trained on.
   Returns:
     BeamResult with tool_ids [Q, B], scores [Q, B] and tokens [Q, B, D].
   """
@@ -167,7 +192,7 @@ def trie_beam_search(step_fn: StepFn, reorder_cache: ReorderFn, params, first_lo
   cache, logp = _expand(reorder_cache, cache, first_logits, beam_size)
   state = init_state(q, beam_size, depth)
   for t in range(depth):
-    cand_logp, cand_token, cand_child = trie_lib.candidates(trie, t, state.live_node, logp, allowed)
+    cand_logp, cand_token, cand_child = normalized_candidates(trie, t, state.live_node, logp, allowed, normalize)
     tool = trie.node_tool[cand_child]
     state, parent = beam_step(state, t, cand_logp, cand_token, cand_child, tool >= 0, tool, alpha=alpha)
     if t + 1 < depth:
