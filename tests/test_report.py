@@ -39,8 +39,11 @@ def test_write_report(tmp_path, sample_report):
   assert "Skipped queries: {'in-domain/no_candidates': 1}" in md
   assert "| base | 12.500 | 99 |" in md
   assert len(paths["plots"]) == 2
+  import matplotlib.image
   for p in paths["plots"]:
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    img = matplotlib.image.imread(p)
+    assert min(img.shape[:2]) >= 100 and (img[..., :3] < 0.5).any(axis=-1).mean() > 0.01  # drawn, not blank
 
 
 def test_group_order_puts_all_last(sample_report):
