@@ -16,8 +16,14 @@ from toolgen_jax.data.report import LoadReport
 # Reading files.
 
 def read_text(path: str | pathlib.Path, report: LoadReport) -> str:
-  """UTF-8 text of `path`; undecodable bytes become U+FFFD and are counted (kind `undecodable_bytes`)."""
-  data = pathlib.Path(path).read_bytes()
+  """UTF-8 text of `path`; undecodable bytes become U+FFFD and are counted (kind `undecodable_bytes`). A path that
+  cannot be read (a folder where a file is expected, no permission) raises DataError."""
+  try:
+    data = pathlib.Path(path).read_bytes()
+  except IsADirectoryError:
+    raise DataError(str(path), None, None, "is a folder, expected a file") from None
+  except OSError as e:
+    raise DataError(str(path), None, None, f"cannot read the file: {e.strerror or e}") from None
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -28,13 +34,49 @@ def read_text(path: str | pathlib.Path, report: LoadReport) -> str:
   return text
 
 
-def load_json(path: str | pathlib.Path, report: LoadReport) -> Any:
-  """The JSON document in `path`; malformed JSON raises DataError with the line/column."""
-  text = read_text(path, report)
+# Deeper documents are refused before any reader walks them (the readers and the tool schemas recurse): real tool
+# docs nest a few levels (ToolBench template_response, BFCL parameter schemas), never near this.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+  """Whether `value` nests lists/objects deeper than `limit` (iterative: safe on any depth Python could build)."""
+  stack = [(value, 1)]
+  while stack:
+    v, d = stack.pop()
+    if isinstance(v, Mapping):
+      children = v.values()
+    elif isinstance(v, list):
+      children = v
+    else:
+      continue
+    if d > limit:
+      return True
+    stack.extend((c, d + 1) for c in children)
+  return False
+
+
+def parse_json(text: str, path: Any, record: Any = None, where: str = "") -> Any:
+  """`json.loads(text)`, with every failure a DataError naming path and record: malformed JSON (with `where`, e.g.
+  'on line 3', and the column), nesting deeper than MAX_JSON_DEPTH, an integer literal over Python's digit
+  limit. Duplicate keys keep the last value, as JSON parsers do."""
   try:
-    return json.loads(text)
+    value = json.loads(text)
   except json.JSONDecodeError as e:
-    raise DataError(str(path), None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    at = where or f"at line {e.lineno}"
+    raise DataError(str(path), record, None, f"malformed JSON {at} column {e.colno}: {e.msg}") from None
+  except RecursionError:
+    raise DataError(str(path), record, None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+  except ValueError as e:  # int literals past sys.get_int_max_str_digits
+    raise DataError(str(path), record, None, f"unreadable JSON value: {e}") from None
+  if json_depth_exceeds(value, MAX_JSON_DEPTH):
+    raise DataError(str(path), record, None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+  return value
+
+
+def load_json(path: str | pathlib.Path, report: LoadReport) -> Any:
+  """The JSON document in `path`; malformed or too deeply nested JSON raises DataError with the line/column."""
+  return parse_json(read_text(path, report), path)
 
 
 def load_json_or_jsonl(path: str | pathlib.Path, report: LoadReport) -> list[Any]:
@@ -42,10 +84,9 @@ def load_json_or_jsonl(path: str | pathlib.Path, report: LoadReport) -> list[Any
   text = read_text(path, report)
   stripped = text.lstrip()
   if stripped.startswith("["):
-    try:
-      data = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise DataError(str(path), None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    data = parse_json(text, path)
+    if not isinstance(data, list):  # '[' starts a list: parse_json either fails or returns one
+      raise DataError(str(path), None, None, f"expected a JSON list, got {type(data).__name__}")
     return data
   return [rec for _, rec in iter_jsonl_text(text, path)]
 
@@ -56,25 +97,42 @@ def iter_jsonl_text(text: str, path: str | pathlib.Path) -> Iterator[tuple[int, 
   for lineno, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
-    try:
-      yield idx, json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(str(path), idx, None, f"malformed JSON on line {lineno} column {e.colno}: {e.msg}") from None
+    yield idx, parse_json(line, path, idx, where=f"on line {lineno}")
     idx += 1
 
 
-def require(rec: Any, field: str, path: Any, idx: Any, types: type | tuple[type, ...] = object,
-            prefix: str = "") -> Any:
+_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _type_name(t: Any) -> str:
+  if t is Mapping or t is dict:
+    return "object"
+  return _TYPE_NAMES.get(t, getattr(t, "__name__", None) or str(t))
+
+
+def value_type(value: Any) -> str:
+  """The JSON name of a parsed value's type (for messages: 'got array', 'got null')."""
+  if value is None:
+    return "null"
+  return _type_name(type(value)) if type(value) in _TYPE_NAMES else type(value).__name__
+
+
+def require(rec: Any, field: str, path: Any, idx: Any, types: Any = object, prefix: str = "",
+            nonempty: bool = False) -> Any:
   """`rec[field]`, or DataError(path, idx, prefix+field) when the record is not an object, lacks the field, or the
-  value has the wrong type."""
+  value has the wrong type (a boolean is not an integer here, though Python's bool is an int; `nonempty`: a
+  string of only spaces is missing too)."""
   if not isinstance(rec, Mapping):
-    raise DataError(str(path), idx, prefix.rstrip(".") or None, f"expected a JSON object, got {type(rec).__name__}")
+    raise DataError(str(path), idx, prefix.rstrip(".") or None, f"expected a JSON object, got {value_type(rec)}")
   if field not in rec or rec[field] is None:
     raise DataError(str(path), idx, prefix + field, "missing required field")
   value = rec[field]
-  if not isinstance(value, types):
-    want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-    raise DataError(str(path), idx, prefix + field, f"expected {want}, got {type(value).__name__}")
+  wanted = types if isinstance(types, tuple) else (types,)
+  if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted and object not in wanted):
+    want = "/".join(_type_name(t) for t in wanted)
+    raise DataError(str(path), idx, prefix + field, f"expected {want}, got {value_type(value)}")
+  if nonempty and isinstance(value, str) and not value.strip():
+    raise DataError(str(path), idx, prefix + field, "empty string")
   return value
 
 
@@ -98,7 +156,8 @@ class CorpusBuilder:
 
   Same key + identical doc -> the existing id (`duplicate_tool_identical`, a stat: ToolBench-style files repeat
   each candidate API in every query that offers it). Same key + different doc -> keep the first doc, count
-  `duplicate_tool_conflicting`. Empty description -> kept, counted `empty_description`.
+  `duplicate_tool_conflicting`. Empty description -> kept, counted `empty_description`; an empty tool or API name
+  -> kept, counted `empty_name`.
   """
 
   def __init__(self, report: LoadReport, corpus: ToolCorpus | None = None):
@@ -121,7 +180,15 @@ class CorpusBuilder:
       return existing
     if not tool.description.strip():
       self.report.count("empty_description", f"{tool.name} at {where}")
+    if not tool.tool_name.strip() or not tool.api_name.strip():
+      self.report.count("empty_name", f"{tool.key} at {where}")
     return self.corpus.add(tool)
+
+
+def require_tools(corpus: ToolCorpus, path: Any) -> None:
+  """A source that yields no tool at all is an error, not an empty dataset that fails later (a file holding [])."""
+  if not len(corpus):
+    raise DataError(str(path), None, None, "no tools in this source (empty file or no records)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

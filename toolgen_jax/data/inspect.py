@@ -6,6 +6,9 @@
 
 Prints tools, categories, queries per group and split, the relevant-per-query histogram, trajectories,
 co-occurrence edges and the load report. `statistics(dataset)` returns the same figures as a dict.
+
+A bad input file is one line on stderr, `error: <file>, record <i>, field '<f>': <what>`, and exit status 2; the
+traceback is printed only with `--verbosity=1`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import argparse
 import collections
 import json
 import sys
+import traceback
 from typing import Any, Sequence
 
 import numpy as np
 
 from toolgen_jax.data.dataset import ToolDataset
 from toolgen_jax.data.readers import READERS, load_source
+from toolgen_jax.data.records import DataError
 from toolgen_jax.data.report import histogram
 
 
@@ -67,8 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--source", required=True, choices=sorted(READERS))
   p.add_argument("--path", default="", help="file or folder; empty = the embedded default (bfcl)")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+  p.add_argument("--verbosity", type=int, default=0, help=">= 1: print the traceback of a data error too")
   args = p.parse_args(argv)
-  ds = load_source(args.source, args.path or None, log=False)
+  try:
+    ds = load_source(args.source, args.path or None, log=False)
+  except (DataError, ValueError) as e:  # ValueError: a source without an embedded default
+    if args.verbosity >= 1:
+      traceback.print_exc()
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   stats = statistics(ds)
   if args.json:
     print(json.dumps(stats, ensure_ascii=False, default=str))

@@ -15,7 +15,8 @@ import json
 import pathlib
 import re
 
-from toolgen_jax.data._common import CorpusBuilder, iter_jsonl_text, read_text, require, toolbench_parameters
+from toolgen_jax.data._common import (MAX_JSON_DEPTH, CorpusBuilder, iter_jsonl_text, json_depth_exceeds, read_text,
+                                      require, require_tools, toolbench_parameters)
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.records import DataError, Query, Tool
 from toolgen_jax.data.report import LoadReport
@@ -41,7 +42,9 @@ def parse_colt_text(text: str) -> dict | None:
       return None
     pos += m2.end()
     optional, pos = _DECODER.raw_decode(text, pos)
-  except json.JSONDecodeError:
+  except (ValueError, RecursionError):  # JSONDecodeError, an over-long int literal, deep nesting
+    return None
+  if json_depth_exceeds([required, optional], MAX_JSON_DEPTH):
     return None
   rest = text[pos:]
   m3 = re.match(r",\s*return_schema:\s*", rest)
@@ -50,7 +53,9 @@ def parse_colt_text(text: str) -> dict | None:
     raw = rest[m3.end():].strip()
     try:
       schema = json.loads(raw) if raw else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
+      schema = raw
+    if json_depth_exceeds(schema, MAX_JSON_DEPTH):
       schema = raw
   elif rest.strip():
     return None
@@ -100,7 +105,7 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
     if parsed is None:
       report.count("corpus_text_unstructured", f"_id {did}")
       title = rec.get("title") or did
-      tool = Tool(id=-1, tool_name=str(title), api_name=did, description=text.strip(), source=SOURCE,
+      tool = Tool(id=-1, tool_name=title if isinstance(title, str) else json.dumps(title), api_name=did, description=text.strip(), source=SOURCE,
                   extra={"corpus_id": did})
     else:
       tool = Tool(id=-1, tool_name=parsed["tool_name"], api_name=parsed["api_name"], category=parsed["category"],
@@ -163,4 +168,5 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
     if unused:
       report.count("query_without_qrels", unused[0], n=len(unused))
   report.stat("categories_in_records", len(builder.categories_seen))
+  require_tools(builder.corpus, cpath)
   return finalize(builder.corpus, queries, [], report, SOURCE, extra_groups=groups, log=log)

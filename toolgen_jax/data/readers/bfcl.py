@@ -24,7 +24,8 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 from toolgen_jax import assets
-from toolgen_jax.data._common import CorpusBuilder, iter_jsonl_text, json_type, read_text, require
+from toolgen_jax.data._common import (CorpusBuilder, iter_jsonl_text, json_type, optional_str, read_text, require,
+                                      require_tools, value_type)
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.records import DataError, Query, Tool
 from toolgen_jax.data.report import LoadReport
@@ -61,6 +62,18 @@ def canonical_doc(fn: Mapping[str, Any]) -> str:
   return json.dumps(fn, sort_keys=True, ensure_ascii=False)
 
 
+def _validate_question(turns: list, path: pathlib.Path, i: int) -> None:
+  """`question` = [[{role: str, content: str}, ...], ...]: anything else names the record and the message."""
+  if not turns or not isinstance(turns[0], list):
+    raise DataError(str(path), i, "question", "expected [[{role, content}, ...]]")
+  for k, m in enumerate(turns[0]):
+    require(m, "role", path, i, str, f"question[0][{k}].")
+    if m.get("content") is not None and not isinstance(m["content"], str):
+      raise DataError(str(path), i, f"question[0][{k}].content", f"expected string, got {value_type(m['content'])}")
+  if not any(m["role"] == "user" for m in turns[0]):
+    raise DataError(str(path), i, "question", "no user message in the first turn")
+
+
 def _read_jsonl(path: pathlib.Path, report: LoadReport) -> list[Any]:
   if not path.exists():
     raise DataError(str(path), None, None, "BFCL file is missing")
@@ -81,19 +94,36 @@ def read(path: str | pathlib.Path | None = None, *, categories: Sequence[str] = 
     qs = _read_jsonl(qpath, report)
     answers: dict[str, Any] = {}
     for i, a in enumerate(_read_jsonl(apath, report)):
-      answers[str(require(a, "id", apath, i, str))] = require(a, "ground_truth", apath, i, list)
+      aid, truth = require(a, "id", apath, i, str), require(a, "ground_truth", apath, i, list)
+      if aid in answers:
+        report.count("duplicate_answer_id", f"{apath.name}: {aid}")  # the first answer is kept
+        continue
+      answers[aid] = truth
     raw.append((cat, qpath, qs, answers))
     report.stat("files", 2)
 
-  # Pass 1: validate records, collect the distinct docs per name.
+  # Pass 1: validate records, collect the distinct docs per name. A repeated query id keeps its first record.
   docs_of: dict[str, dict[str, Mapping[str, Any]]] = {}
+  seen_ids: set[str] = set()
+  duplicates: set[tuple[str, int]] = set()
   for cat, qpath, qs, _ in raw:
     for i, q in enumerate(qs):
-      require(q, "id", qpath, i, str)
-      require(q, "question", qpath, i, list)
-      for j, fn in enumerate(require(q, "function", qpath, i, list)):
-        name = require(fn, "name", qpath, i, str, f"function[{j}].")
-        docs_of.setdefault(name, {}).setdefault(canonical_doc(fn), fn)
+      qid = require(q, "id", qpath, i, str)
+      _validate_question(require(q, "question", qpath, i, list), qpath, i)
+      fns = require(q, "function", qpath, i, list)
+      for j, fn in enumerate(fns):
+        require(fn, "name", qpath, i, str, f"function[{j}].")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, Mapping):
+          raise DataError(str(qpath), i, f"function[{j}].parameters",
+                          f"expected a JSON schema object, got {value_type(params)}")
+      if qid in seen_ids:
+        report.count("duplicate_query_id", f"{qpath.name}[{i}]: {qid}")
+        duplicates.add((cat, i))
+        continue
+      seen_ids.add(qid)
+      for fn in fns:
+        docs_of.setdefault(fn["name"], {}).setdefault(canonical_doc(fn), fn)
   keys: dict[str, tuple[str, str]] = {}
   for name, docs in docs_of.items():
     if len(docs) == 1:
@@ -112,6 +142,8 @@ def read(path: str | pathlib.Path | None = None, *, categories: Sequence[str] = 
   queries: list[Query] = []
   for cat, qpath, qs, answers in raw:
     for i, q in enumerate(qs):
+      if (cat, i) in duplicates:
+        continue
       qid = q["id"]
       candidates: list[int] = []
       by_name: dict[str, int] = {}
@@ -122,7 +154,7 @@ def read(path: str | pathlib.Path | None = None, *, categories: Sequence[str] = 
           tool_name, api_name = keys[doc]
           params = fn.get("parameters") or {"type": "object", "properties": {}, "required": []}
           tool = Tool(id=-1, tool_name=tool_name, api_name=api_name, category=_LANG.get(cat, "python"),
-                      description=str(fn.get("description") or "").strip(),
+                      description=optional_str(fn, "description").strip(),
                       parameters=to_json_schema(params, report), source=SOURCE, extra={"bfcl_category": cat})
           tid = doc_ids[doc] = builder.add(tool, where=f"{qpath.name}[{i}]")
         else:
@@ -133,15 +165,11 @@ def read(path: str | pathlib.Path | None = None, *, categories: Sequence[str] = 
         if tid not in candidates:
           candidates.append(tid)
       turns = q["question"]
-      if not turns or not isinstance(turns[0], list):
-        raise DataError(str(qpath), i, "question", "expected [[{role, content}, ...]]")
       if len(turns) > 1:
         report.count("extra_turns_ignored", qid)
-      users = [m.get("content", "") for m in turns[0] if isinstance(m, Mapping) and m.get("role") == "user"]
-      if any(isinstance(m, Mapping) and m.get("role") == "system" for m in turns[0]):
+      users = [m.get("content") or "" for m in turns[0] if m["role"] == "user"]
+      if any(m["role"] == "system" for m in turns[0]):
         report.stat("system_prompt_not_in_text")
-      if not users:
-        raise DataError(str(qpath), i, "question", "no user message in the first turn")
       if qid not in answers:
         report.count("query_dropped_no_answer", qid)
         continue
@@ -165,5 +193,6 @@ def read(path: str | pathlib.Path | None = None, *, categories: Sequence[str] = 
     extra_answers = set(answers) - {q.get("id") for q in qs}
     if extra_answers:
       report.count("answer_without_query", sorted(extra_answers)[0], n=len(extra_answers))
+  require_tools(builder.corpus, root)
   report.stat("distinct_names", len({t.api_name for t in builder.corpus}))
   return finalize(builder.corpus, queries, [], report, SOURCE, log=log)

@@ -6,7 +6,8 @@ Tools are the distinct `api_call`s. Key: tool_name = the doc's `api_name` (e.g. 
 is not unique; category = `domain`; the call itself and the other doc fields go to `Tool.extra`.
 Queries: text = the instruction inside `code` (train: `{'Instruction': ..., 'Output': ...}`; eval:
 `###Instruction: ...\n###Output: ...`), relevant = the example's `api_call` matched to a doc (falling back to
-`api_data.api_call`), split and group = train / eval; id = `<split>/<index>`.
+`api_data.api_call`, counted `api_call_resolved_from_api_data`, or `api_call_not_a_string`), split and group =
+train / eval; id = `<split>/<index>`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import pathlib
 import re
 
-from toolgen_jax.data._common import CorpusBuilder, iter_jsonl_text, load_json_or_jsonl, optional_str, read_text, require
+from toolgen_jax.data._common import (CorpusBuilder, iter_jsonl_text, load_json_or_jsonl, optional_str, read_text,
+                                      require, require_tools)
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.records import DataError, Query, Tool
 from toolgen_jax.data.report import LoadReport
@@ -95,15 +97,20 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
         raise DataError(str(f), i, "code", "no '###Instruction:' or {'Instruction': ...} text in the example")
       call = rec.get("api_call")
       tid = by_call.get(call) if isinstance(call, str) else None
-      if tid is None and isinstance(rec.get("api_data"), dict):
-        tid = by_call.get(rec["api_data"].get("api_call"))
+      data_call = rec["api_data"].get("api_call") if isinstance(rec.get("api_data"), dict) else None
+      if tid is None and isinstance(data_call, str):
+        tid = by_call.get(data_call)
+        if tid is not None and call is not None:  # the example's own call is wrong (or not text): say so
+          kind = "api_call_not_a_string" if not isinstance(call, str) else "api_call_resolved_from_api_data"
+          report.count(kind, f"{f.name}[{i}]: {str(call)[:80]}")
       if tid is None:
         if call is None and "api_data" not in rec:
           raise DataError(str(f), i, "api_call", "missing required field")
-        report.count("relevant_not_in_corpus", f"{f.name}[{i}]: {call}")
+        report.count("relevant_not_in_corpus", f"{f.name}[{i}]: {str(call)[:80]}")
         report.count("query_dropped_no_relevant", f"{f.name}[{i}]")
         continue
       if not text:
         report.count("empty_query_text", f"{f.name}[{i}]")
       queries.append(Query(id=f"{split}/{i}", text=text, relevant=(tid,), group=split, split=split))
+  require_tools(builder.corpus, root)
   return finalize(builder.corpus, queries, [], report, SOURCE, log=log)

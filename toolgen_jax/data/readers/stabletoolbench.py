@@ -12,7 +12,7 @@ import pathlib
 import re
 from typing import Sequence
 
-from toolgen_jax.data._common import CorpusBuilder, load_json, require, toolbench_api_tool
+from toolgen_jax.data._common import CorpusBuilder, load_json, require, require_tools, toolbench_api_tool, value_type
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.records import DataError, Query
 from toolgen_jax.data.report import LoadReport
@@ -59,9 +59,11 @@ def read_instruction_records(path: pathlib.Path, builder: CorpusBuilder, report:
   unique across groups and stay plain)."""
   records = load_json(path, report)
   if not isinstance(records, list):
-    raise DataError(str(path), None, None, f"expected a JSON list of records, got {type(records).__name__}")
+    raise DataError(str(path), None, None, f"expected a JSON list of records, got {value_type(records)}")
   group = group_of(path)
   report.stat("files")
+  if not records:
+    report.count("empty_file", path.name)
   queries = []
   for i, rec in enumerate(records):
     text = require(rec, "query", path, i, str)
@@ -115,4 +117,5 @@ def read(path: str | pathlib.Path, *, groups: Sequence[str] | None = None, split
       continue
     queries += read_instruction_records(f, builder, report, SOURCE, split, seen)
   report.stat("categories_in_records", len(builder.categories_seen))
+  require_tools(builder.corpus, path)
   return finalize(builder.corpus, queries, [], report, SOURCE, log=log)

@@ -24,8 +24,9 @@ import pathlib
 import re
 from typing import Any, Mapping
 
-from toolgen_jax.data._common import (CorpusBuilder, load_json, optional_str, read_text, require, standardize,
-                                      toolbench_api_tool, toolbench_function_name, toolbench_parameters)
+from toolgen_jax.data._common import (CorpusBuilder, load_json, optional_str, parse_json, read_text, require,
+                                      require_tools, standardize, toolbench_api_tool, toolbench_function_name,
+                                      toolbench_parameters, value_type)
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.readers.stabletoolbench import group_of, read_instruction_records
 from toolgen_jax.data.records import DataError, Message, Query, Tool, Trajectory
@@ -80,9 +81,9 @@ def _read_retrieval(rdir: pathlib.Path, builder: CorpusBuilder, report: LoadRepo
       if len(cols) != 2:
         raise DataError(str(cpath), rec, None, "expected 'docid<TAB>document_content'")
       try:
-        doc = json.loads(cols[1])
-      except json.JSONDecodeError as e:
-        raise DataError(str(cpath), rec, "document_content", f"malformed JSON: {e.msg}") from None
+        doc = parse_json(cols[1], cpath, rec)
+      except DataError as e:
+        raise DataError(str(cpath), rec, "document_content", str(e).split(": ", 1)[-1]) from None
       tid = builder.add(toolbench_api_tool(doc, cpath, rec, "", report, SOURCE), where=f"{cpath.name}:{rec}")
       did = cols[0].strip()
       if doc_to_tool.setdefault(did, tid) != tid:
@@ -123,33 +124,54 @@ def _read_retrieval(rdir: pathlib.Path, builder: CorpusBuilder, report: LoadRepo
   return queries
 
 
-def _function_tool(fn: Mapping[str, Any], path, report: LoadReport) -> Tool:
+def _function_tool(fn: Mapping[str, Any], path, report: LoadReport, field: str) -> Tool:
   """A Tool rebuilt from an answer file's OpenAI function entry (no loaded doc explains the name)."""
   name = fn["name"]
-  desc = str(fn.get("description") or "")
+  desc = optional_str(fn, "description")
   m = _SUBFUNCTION.search(desc)
   std_tool = m["tool"] if m else ""
   api = name[: -len(f"_for_{std_tool}")] if std_tool and name.endswith(f"_for_{std_tool}") else name
   d = _DESC.search(desc)
-  params = fn.get("parameters") if isinstance(fn.get("parameters"), Mapping) else {}
-  schema = {"type": "object", "properties": dict(params.get("properties", {})),
-            "required": list(params.get("required", []))}
+  params = fn.get("parameters")
+  if params is None:
+    params = {}
+  if not isinstance(params, Mapping):
+    raise DataError(str(path), None, f"{field}.parameters", f"expected a JSON schema object, got {value_type(params)}")
+  props, req = params.get("properties") or {}, params.get("required") or []
+  if not isinstance(props, Mapping):
+    raise DataError(str(path), None, f"{field}.parameters.properties", f"expected an object, got {value_type(props)}")
+  if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
+    raise DataError(str(path), None, f"{field}.parameters.required", "expected a list of parameter names")
+  schema = {"type": "object", "properties": dict(props), "required": list(req)}
   report.count("tool_from_answer_function", f"{name} in {path.name}")
   return Tool(id=-1, tool_name=std_tool or name, api_name=api, description=(d["desc"] if d else desc).strip(),
               parameters=schema, source=SOURCE, extra={"function_name": name, "standardized_name": std_tool})
 
 
-def _assistant(m: Mapping[str, Any], fn_to_tool: dict[str, int], where: str, report: LoadReport) -> Message:
-  content = m.get("content") or ""
+def _content(m: Mapping[str, Any], path, field: str) -> str:
+  """A message's `content`: a string, or null/absent for ''; any other type is a DataError."""
+  content = m.get("content")
+  if content is None:
+    return ""
+  if not isinstance(content, str):
+    raise DataError(str(path), None, field + "content", f"expected string, got {value_type(content)}")
+  return content
+
+
+def _assistant(m: Mapping[str, Any], fn_to_tool: dict[str, int], where: str, report: LoadReport, path,
+               field: str) -> Message:
+  content = _content(m, path, field)
   call = m.get("function_call")
-  if isinstance(call, Mapping) and isinstance(call.get("name"), str):
+  if call is not None and not (isinstance(call, Mapping) and isinstance(call.get("name"), str)):
+    raise DataError(str(path), None, field + "function_call", "expected {name, arguments}")
+  if call is not None:
     name, args, thought = call["name"], call.get("arguments"), content.strip() or None
   else:
     r = _REACT.match(content.strip())
     if r is None:
       return Message(role="assistant", content=content, thought=content.strip() or None)
     name, args, thought = r["action"].strip(), r["input"].strip(), (r["thought"] or "").strip() or None
-  if isinstance(args, (dict, list)):
+  if args is not None and not isinstance(args, str):
     args = json.dumps(args, ensure_ascii=False)
   action = None
   if name != FINISH:
@@ -173,6 +195,9 @@ def _read_answer(f: pathlib.Path, builder: CorpusBuilder, fn_to_tool: dict[str, 
     return None
   if not isinstance(tm, list) or not isinstance(tm[-1], list):
     raise DataError(str(f), None, "answer_generation.train_messages", "expected a list of message lists")
+  if not tm[-1]:
+    report.count("empty_trajectory", f.name)
+    return None
   offered: list[int] = []
   for j, fn in enumerate(functions):
     name = require(fn, "name", f, None, str, f"answer_generation.function[{j}].")
@@ -180,20 +205,23 @@ def _read_answer(f: pathlib.Path, builder: CorpusBuilder, fn_to_tool: dict[str, 
       continue
     tid = fn_to_tool.get(name)
     if tid is None:
-      tid = builder.add(_function_tool(fn, f, report), where=f.name)
+      tid = builder.add(_function_tool(fn, f, report, f"answer_generation.function[{j}]"), where=f.name)
       fn_to_tool[name] = tid
     if tid not in offered:
       offered.append(tid)
   msgs = []
   for k, m in enumerate(tm[-1]):
-    role = require(m, "role", f, None, str, f"answer_generation.train_messages[-1][{k}].")
+    field = f"answer_generation.train_messages[-1][{k}]."
+    role = require(m, "role", f, None, str, field)
     where = f"{f.name} message {k}"
     if role == "assistant":
-      msgs.append(_assistant(m, fn_to_tool, where, report))
+      msgs.append(_assistant(m, fn_to_tool, where, report, f, field))
     elif role in ("function", "tool", "observation"):
-      msgs.append(Message(role="observation", content=str(m.get("content") or ""), action_name=m.get("name")))
+      name = m.get("name")
+      msgs.append(Message(role="observation", content=optional_str(m, "content"),
+                          action_name=None if name is None else optional_str(m, "name")))
     elif role in ("system", "user"):
-      msgs.append(Message(role=role, content=str(m.get("content") or "")))
+      msgs.append(Message(role=role, content=_content(m, f, field)))
     else:
       raise DataError(str(f), None, f"answer_generation.train_messages[-1][{k}].role", f"unknown role {role!r}")
   qid = f"{group}/{f.name.split('_', 1)[0]}"  # answer files are named <query_id>_<method>.json per group
@@ -251,6 +279,7 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
           trajectories.append(t)
   if not found:
     raise DataError(str(root), None, None, "none of toolenv/tools, instruction, retrieval, answer is here")
+  require_tools(builder.corpus, root)
   qids = {q.id for q in queries}
   missing = [t.query_id for t in trajectories if t.query_id not in qids]
   if missing:

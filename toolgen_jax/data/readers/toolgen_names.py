@@ -2,14 +2,15 @@
 APIs) plus `<<Finish>>`, which is ToolGen's end-of-episode token, not a tool (counted `non_tool_token`).
 
 Names only: every tool has an empty description, so `empty_description` is reported as a stat, not an issue.
-No queries. A line that is not `<<...>>` raises DataError with its line number.
+No queries. A line that is not `<<...>>` raises DataError with its line number; an empty tool or API name
+(`<<&&x>>`) is kept and counted `empty_name`; a file with no tool at all raises DataError.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from toolgen_jax.data._common import read_text
+from toolgen_jax.data._common import read_text, require_tools
 from toolgen_jax.data.dataset import ToolDataset, finalize
 from toolgen_jax.data.records import DataError, Tool, ToolCorpus
 from toolgen_jax.data.report import LoadReport
@@ -45,12 +46,15 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
         continue
       raise DataError(str(f), lineno, None, f"expected '<<tool_name&&api_name>>', got {tok[:80]!r}")
     tool_name, api_name = body.split("&&", 1)
+    if not tool_name.strip() or not api_name.strip():
+      report.count("empty_name", f"line {lineno}: {tok[:80]!r}")
     n = len(corpus)
     corpus.add(Tool(id=-1, tool_name=tool_name, api_name=api_name, source=SOURCE))
     if len(corpus) == n:
       dups += 1
   if dups:
     report.count("duplicate_tool_identical", n=dups)
+  require_tools(corpus, f)
   report.stat("empty_description", len(corpus))
   report.stat("distinct_tool_names", len({t.tool_name for t in corpus}))
   return finalize(corpus, [], [], report, SOURCE, log=log)
