@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm>=4.66",
     "jsonschema>=4.0",
+    "pydantic>=2.5",      # serve: request models
+    "starlette>=0.37",    # serve: the ASGI app
+    "uvicorn>=0.30",      # serve: the ASGI server (h11)
+    "h11>=0.14",
 ]
 
 EXTRAS = {

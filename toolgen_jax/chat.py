@@ -14,8 +14,9 @@ import sys
 from typing import Sequence, TextIO
 
 from toolgen_jax.agent import loop
-from toolgen_jax.agent.backend import Backend, load_backend
+from toolgen_jax.agent.backend import Backend
 from toolgen_jax.agent.executors import ExecutionResult, ReplayExecutor, RestExecutor
+from toolgen_jax.agent.loader import load_backend
 
 
 def _no_executor(tool, arguments):

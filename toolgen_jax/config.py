@@ -198,6 +198,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.serve.max_body_bytes = 2**20          # larger requests get 413
   c.serve.max_tools = 128                 # more request tools get 400
   c.serve.max_messages = 256              # more request messages get 400
+  c.serve.max_header_bytes = 16 * 1024    # a larger request head is refused (400)
+  c.serve.max_connections = 128           # open connections past this get 503 for their requests
+  c.serve.read_timeout_s = 10.0           # request head and body must arrive within this (closed / 408)
+  c.serve.tool_cache_size = 256           # unknown request tools kept coded at once (least recently used evicted)
+  c.serve.batch_window_s = 0.005          # requests arriving within this window are decoded as one batch
+  c.serve.max_batch = 8                   # requests per batch
+  c.serve.max_queue = 256                 # requests waiting for the model past this get 503
 
   return c
 

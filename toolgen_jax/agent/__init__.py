@@ -4,10 +4,11 @@
 JAX: `from toolgen_jax.agent import model_policy`.
 """
 
-from toolgen_jax.agent.backend import Backend, demo_backend, load_backend, resolve_tools
+from toolgen_jax.agent.backend import Backend, ToolCache, demo_backend, request_tools, resolve_tools
 from toolgen_jax.agent.executors import (CallableExecutor, ExecutionResult, Executor, ReplayExecutor, RestExecutor,
                                          canonical_arguments, standardize, toolbench_function_name)
-from toolgen_jax.agent.format import FINISH_TOOL, chat_turns, prompt_turns
+from toolgen_jax.prompts import FINISH_TOOL, chat_turns, prompt_turns
+from toolgen_jax.agent.loader import load_backend
 from toolgen_jax.agent.loop import Decision, Episode, Step, decide, describe, run_episode
 from toolgen_jax.agent.policy import LexicalPolicy, Policy, ScriptedPolicy, ScriptedStep, ToolChoice
 from toolgen_jax.agent.schema import (ArgumentError, check_arguments, constrained_arguments, normalize_schema,
@@ -15,6 +16,6 @@ from toolgen_jax.agent.schema import (ArgumentError, check_arguments, constraine
 
 __all__ = ["ArgumentError", "Backend", "CallableExecutor", "Decision", "Episode", "ExecutionResult", "Executor",
            "FINISH_TOOL", "LexicalPolicy", "Policy", "ReplayExecutor", "RestExecutor", "ScriptedPolicy", "ScriptedStep",
-           "Step", "ToolChoice", "canonical_arguments", "chat_turns", "check_arguments", "constrained_arguments",
+           "Step", "ToolCache", "ToolChoice", "canonical_arguments", "chat_turns", "check_arguments", "constrained_arguments",
            "decide", "demo_backend", "describe", "load_backend", "normalize_schema", "prompt_turns", "resolve_tools",
-           "run_episode", "standardize", "toolbench_function_name", "validate_arguments"]
+           "request_tools", "run_episode", "standardize", "toolbench_function_name", "validate_arguments"]

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from typing import Iterable, Sequence
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy
 from toolgen_jax.data.records import Message, ToolCorpus, Trajectory
@@ -130,15 +130,16 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
 
 
 def trained_trajectory_ids(workdir) -> set[str]:
-  """Ids of the trajectories a workdir's `trajectory` stage trained on (`pipeline.training_trajectories` over its
+  """Ids of the trajectories a workdir's `trajectory` stage trained on (`training.stages.training_trajectories` over its
   saved dataset and config); empty when it ran no trajectory stage."""
   import pathlib
 
-  from toolgen_jax import data, pipeline
-  config = pipeline.load_config(workdir)
+  from toolgen_jax import artifact, data
+  from toolgen_jax.training import stages
+  config = artifact.load_config(workdir)
   if "trajectory" not in config.train.stages:
     return set()
-  return {t.id for t in pipeline.training_trajectories(config, data.load_dataset(pathlib.Path(workdir) / "dataset"))}
+  return {t.id for t in stages.training_trajectories(config, data.load_dataset(pathlib.Path(workdir) / "dataset"))}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from toolgen_jax.agent.policy import LexicalPolicy
     policy, name, unresolved = LexicalPolicy(corpus, max_calls=100), "lexical", 0
   else:
-    from toolgen_jax.agent.backend import load_backend
+    from toolgen_jax.agent.loader import load_backend
     backend = load_backend(a.workdir, pad_multiple=a.pad_multiple)
     trajs, unresolved = remap(trajs, corpus, backend.corpus)
     policy, corpus, name = backend.policy, backend.corpus, backend.name

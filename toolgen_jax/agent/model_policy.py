@@ -1,6 +1,6 @@
 """The trained model as a `Policy`: Llama (toolgen_jax.models.llama) + tool-code trie (toolgen_jax.decoding).
 
-Each of the three generations of a step is a prompt in the agent chat format (`format.py`) followed by
+Each of the three generations of a step is a prompt in the agent chat format (`toolgen_jax.prompts`) followed by
   think:       greedy free text (`decoding.constrained.generate`) until EOS or `think_max_tokens`;
   choose_tool: trie-constrained beam search (`decoding.constrained.retrieve`); candidate tools (and Finish, which is
                one more code sequence in the trie, `finish_id`) restrict the trie through a tool mask, so a tool
@@ -8,22 +8,23 @@ Each of the three generations of a step is a prompt in the agent chat format (`f
   arguments:   with `constrained_arguments`, the JSON skeleton comes from the tool's schema and the model fills in
                the values (enum / boolean / optional-key choices scored by the model's log-probabilities, strings
                and numbers by greedy text cut at the closing quote); else greedy free text.
+`think_batch` and `choose_tool_batch` run the prompts of many steps (concurrent requests, or every step of an
+evaluation) through one batched prefill and one decode; `think` and `choose_tool` are batches of one.
 The tokenizer is used through a small `TextCodec` (encode / decode / chat_text / eos_id / pad_id) so any tokenizer
 with a chat template fits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import importlib
-import pathlib
 from typing import Any, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy, ToolChoice
 from toolgen_jax.data.records import Message, Tool, ToolCorpus
@@ -67,27 +68,6 @@ class HFCodec:
     return self.tok.apply_chat_template(list(turns), tokenize=False, add_generation_prompt=True)
 
 
-# The module itself (the package's `beam_search` attribute is the function of the same name, which shadows it).
-_bs = importlib.import_module("toolgen_jax.decoding.beam_search")
-
-
-@functools.partial(jax.jit, static_argnames=("config", "beam_size"))
-def _retrieve(params, config, tokens, attention_mask, trie, tool_mask, *, beam_size: int):
-  """`decoding.constrained.retrieve` (prefill + trie beam search), with an optional [Q, num_tools] tool mask."""
-  first, cache = constrained.prefill(params, config, tokens, attention_mask, trie.depth)
-  allowed = None if tool_mask is None else trie_lib.allowed_nodes(trie, tool_mask)
-  return _bs.trie_beam_search(constrained.LlamaStep(config), llama.reorder_cache, params, first, cache, trie,
-                              beam_size=beam_size, allowed=allowed)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "max_len", "eos_id"))
-def _greedy(params, config, tokens, attention_mask, *, max_len: int, eos_id: int):
-  """`decoding.constrained.generate` with one beam: greedy free text after left-padded prompts."""
-  first, cache = constrained.prefill(params, config, tokens, attention_mask, max_len)
-  return _bs.beam_search(constrained.LlamaStep(config), llama.reorder_cache, params, first, cache, beam_size=1,
-                         max_len=max_len, eos_id=eos_id)
-
-
 @functools.partial(jax.jit, static_argnames=("config",))
 def _token_logprobs(params, config: llama.LlamaConfig, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """[B, T] right-padded sequences -> [B, T-1] log p(tokens[:, 1:] | prefix)."""
@@ -97,19 +77,18 @@ def _token_logprobs(params, config: llama.LlamaConfig, tokens: jax.Array, mask: 
 
 
 def _relabel(trie: trie_lib.Trie, old: int, new: int) -> trie_lib.Trie:
-  """The same trie with tool `old` renamed `new` (rebuilt: `Trie.remove` would retire the id `old` for good)."""
-  codes = np.where(trie.codes == trie.num_codes, -1, trie.codes) if trie.end_token is not None else trie.codes
-  keep = ~np.isin(trie.tool_ids, np.fromiter(trie.removed, np.int64, len(trie.removed)))
-  ids = np.where(trie.tool_ids == old, new, trie.tool_ids)[keep]
-  codes = codes[keep]
-  codes = codes[:, :max(int((codes >= 0).sum(1).max(initial=1)), 1)]  # drop the emptied END column
-  return trie_lib.Trie.build(codes, ids, code_tokens=trie.code_tokens[:, :trie.num_codes],
-                             num_codes=trie.num_codes, end_token=trie.end_token,
-                             dense_budget_bytes=trie.dense_budget_bytes, removed=trie.removed)
+  """The same trie with tool `old` renamed `new`: the tables do not change, only the id stored at its row and
+  terminal node (`Trie.remove` + `add` would retire the id `old` for good)."""
+  return dataclasses.replace(trie, tool_ids=np.where(trie.tool_ids == old, new, trie.tool_ids).astype(np.int32),
+                             node_tool=np.where(trie.node_tool == old, new, trie.node_tool).astype(np.int32))
 
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
 
 
 class ModelPolicy(Policy):
@@ -188,46 +167,87 @@ class ModelPolicy(Policy):
       raise ValueError("empty prompt")
     return ids
 
+  def _batch(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+    """Left-padded [Q', T] tokens and mask; Q' rounds the batch up to a power of two (repeating the first prompt)
+    and T to `pad_multiple`, so that batches of similar sizes share one compiled program."""
+    ids = [self._ids(p) for p in prompts]
+    ids += [ids[0]] * (_pow2(len(ids)) - len(ids))
+    tokens, mask = constrained.left_pad(ids, self.codec.pad_id, self.pad_multiple)
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+  def count_tokens(self, text: str) -> int:
+    return len(self.codec.encode(text))
+
   # --- the three generations -------------------------------------------------------------------------------------
 
+  def generate_texts(self, prompts: Sequence[str], max_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+    """Greedy continuations of `prompts` (one batched prefill and decode) until EOS / `max_tokens`, each cut before
+    its first stop string."""
+    tokens, mask = self._batch(prompts)
+    res = constrained.generate(self.params, self.config, tokens, mask, beam_size=1, max_len=max_tokens,
+                               eos_id=self.codec.eos_id)
+    texts = []
+    for row in np.asarray(res.tokens)[:len(prompts), 0].tolist():
+      out = []
+      for t in row:
+        if t < 0 or t == self.codec.eos_id:
+          break
+        out.append(t)
+      text = self.codec.decode(out)
+      for s in stop:
+        if s in text:
+          text = text[:text.index(s)]
+      texts.append(text)
+    return texts
+
   def generate_text(self, prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> str:
-    """Greedy continuation of `prompt` until EOS / `max_tokens`, cut before the first stop string."""
-    tokens, mask = constrained.left_pad([self._ids(prompt)], self.codec.pad_id, self.pad_multiple)
-    res = _greedy(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), max_len=max_tokens,
-                  eos_id=self.codec.eos_id)
-    out = []
-    for t in np.asarray(res.tokens)[0, 0].tolist():
-      if t < 0 or t == self.codec.eos_id:
-        break
-      out.append(t)
-    text = self.codec.decode(out)
-    for s in stop:
-      if s in text:
-        text = text[:text.index(s)]
-    return text
+    return self.generate_texts([prompt], max_tokens, stop)[0]
 
   def think(self, history):
-    prompt = self.codec.chat_text(self._turns(history, "think"))
-    return self.generate_text(prompt, self.think_max_tokens).strip()
+    return self.think_batch([history])[0]
+
+  def think_batch(self, histories):
+    prompts = [self.codec.chat_text(self._turns(h, "think")) for h in histories]
+    return [t.strip() for t in self.generate_texts(prompts, self.think_max_tokens)]
+
+  def _allowed_ids(self, candidates, allow_finish) -> list[int] | None:
+    """The trie ids a step may decode (None: all of them)."""
+    if candidates is None and allow_finish:
+      return None
+    ids = list(range(self.num_tools)) if candidates is None else [int(c) for c in candidates]
+    ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id]
+    return ids + ([self.finish_id] if allow_finish and self.finish_id is not None else [])
 
   def choose_tool(self, history, thought, candidates, *, k=1, allow_finish=True):
-    prompt = self.codec.chat_text(self._turns(history, "act", thought=thought))
-    tokens, mask = constrained.left_pad([self._ids(prompt)], self.codec.pad_id, self.pad_multiple)
+    return self.choose_tool_batch([(history, thought, candidates, allow_finish)], k=k)[0]
+
+  def choose_tool_batch(self, steps, *, k=1):
+    """`choose_tool` for many (history, thought, candidates, allow_finish) steps: one batched prefill and one
+    trie-constrained beam search, each row restricted to its own candidates by a [Q, num_tools] tool mask."""
+    out: list[list[ToolChoice]] = [[] for _ in steps]
+    rows, masks = [], []
+    for i, (history, thought, candidates, allow_finish) in enumerate(steps):
+      ids = self._allowed_ids(candidates, allow_finish)
+      if ids == []:  # nothing to decode: Finish (without a Finish code, the only legal action left) or nothing
+        out[i] = [ToolChoice(None, 0.0)] if allow_finish else []
+        continue
+      rows.append(i)
+      masks.append(list(range(self.num_tools)) if ids is None else ids)
+    if not rows:
+      return out
+    prompts = [self.codec.chat_text(self._turns(steps[i][0], "act", thought=steps[i][1])) for i in rows]
+    tokens, mask = self._batch(prompts)
     tool_mask = None
-    if candidates is not None or not allow_finish:
-      ids = list(range(self.num_tools)) if candidates is None else [int(c) for c in candidates]
-      ids = [i for i in ids if 0 <= i < self.num_tools and i != self.finish_id]
-      ids += [self.finish_id] if allow_finish and self.finish_id is not None else []
-      if not ids:  # nothing to decode: Finish (without a Finish code, the only legal action left) or nothing
-        return [ToolChoice(None, 0.0)] if allow_finish else []
-      tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids([ids], self.num_tools))
-    res = _retrieve(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask), self._dtrie, tool_mask,
-                    beam_size=max(k, self.beam_size))
-    out = []
-    for tid, score in zip(np.asarray(res.tool_ids)[0].tolist(), np.asarray(res.scores)[0].tolist()):
-      if tid >= 0:
-        out.append(ToolChoice(None if tid == self.finish_id else tid, float(score)))
-    return out[:k]
+    if any(len(m) < self.num_tools for m in masks):
+      masks += [masks[0]] * (tokens.shape[0] - len(masks))
+      tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids(masks, self.num_tools))
+    res = constrained.retrieve(self.params, self.config, tokens, mask, self._dtrie,
+                               beam_size=max(k, self.beam_size), tool_mask=tool_mask)
+    tool_ids, scores = np.asarray(res.tool_ids).tolist(), np.asarray(res.scores).tolist()
+    for j, i in enumerate(rows):
+      out[i] = [ToolChoice(None if tid == self.finish_id else tid, float(sc))
+                for tid, sc in zip(tool_ids[j], scores[j]) if tid >= 0][:k]
+    return out
 
   def arguments(self, history, thought, tool):
     tid = self.finish_id if tool.id == fmt.FINISH_TOOL.id else tool.id
@@ -269,53 +289,3 @@ class _ModelFiller:
   def text(self, prefix, stop, max_chars):
     tokens = min(self.policy.arguments_max_tokens, max(8, max_chars))
     return self.policy.generate_text(self.prompt + prefix, tokens, stop)[:max_chars]
-
-
-def model_backend(params, config, codec: TextCodec, trie: trie_lib.Trie, corpus: ToolCorpus, *, finish_id: int | None,
-                  executor=None, name: str = "toolgen", code_tools=None, **policy_kw):
-  """A `Backend` around a trained model (the lead wires workdir artifacts into this).
-
-  `code_tools(tools) -> codes [n, D]` codes unseen tools from their documentation (the codebook's `add_tools`);
-  None: the server answers requests with unknown tools with 422.
-  """
-  from toolgen_jax.agent.backend import Backend
-  policy = ModelPolicy(params, config, codec, trie, corpus, finish_id=finish_id, **policy_kw)
-  add = None if code_tools is None else (lambda tools: policy.add_tools(tools, code_tools(tools)))
-  return Backend(policy, corpus, executor, name=name, add_tools=add)
-
-
-def load_model_backend(workdir: pathlib.Path, **policy_kw):
-  """The backend of a trained workdir (`pipeline.load_trained`): its model, tokenizer, codebook, trie and corpus.
-
-  Finish: a codebook `finish_id` row (agent-tuned models) is the Finish action; without one the model was not
-  trained to finish, so episodes run to the step limit and the server always answers with a tool call. Unknown
-  request tools are coded by `Trained.add_tools` (frozen encoder + quantiser) and join the trie.
-  """
-  from toolgen_jax import pipeline
-  from toolgen_jax.agent.backend import Backend
-  trained = pipeline.load_trained(workdir)
-  c, cb, m = trained.config, trained.codebook, trained.model
-  trie = pipeline.build_trie(c, cb, m.tokenizer, finish=True)  # tools keep corpus ids; Finish one past them
-  finish_id = pipeline.agent_finish_id(cb)
-  corpus = trained.dataset.corpus
-  kw = dict(beam_size=int(c.decode.beam_size)) | (
-      dict(think_max_tokens=int(c.agent.think_max_tokens), arguments_max_tokens=int(c.agent.arguments_max_tokens),
-           constrained_arguments=bool(c.agent.constrained_arguments)) if "agent" in c else {}) | policy_kw
-  eot = pipeline.end_of_turn_id(m.tokenizer)
-  policy = ModelPolicy(m.params, m.config, HFCodec(m.tokenizer, eos_id=eot), trie, corpus, finish_id=finish_id, **kw)
-
-  def add_tools(tools: Sequence[Tool]) -> list[int]:
-    if len(corpus) != cb.num_tools - (cb.finish_id is not None):
-      raise RuntimeError(f"corpus ({len(corpus)}) and codebook ({cb.num_tools}) ids diverge; cannot add tools")
-    report = trained.add_tools(tools)  # may extend the vocabulary: refresh the model side
-    ids = [corpus.add(t) for t in tools]
-    rows = cb.corpus_ids(report.ids).tolist()
-    if rows != ids:
-      raise RuntimeError(f"codebook ids {rows} != corpus ids {ids}")
-    mm = trained.model
-    policy.params, policy.config = mm.params, mm.config
-    policy.codec = HFCodec(mm.tokenizer, eos_id=eot)
-    policy.set_trie(pipeline.build_trie(c, cb, mm.tokenizer, finish=True), pipeline.agent_finish_id(cb))
-    return ids
-
-  return Backend(policy, corpus, None, name=f"toolgen-{c.codebook.method}", add_tools=add_tools)

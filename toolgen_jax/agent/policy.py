@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Mapping, Sequence
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.data.records import Message, Tool, ToolCorpus
 
@@ -47,6 +47,20 @@ class Policy(abc.ABC):
   @abc.abstractmethod
   def arguments(self, history: Sequence[Message], thought: str, tool: Tool) -> str:
     """Action Input text for `tool` (`fmt.FINISH_TOOL` for the final answer)."""
+
+  # Batched forms: a model policy overrides them to run many steps at once (the serving engine, `agent.eval`).
+
+  def think_batch(self, histories: Sequence[Sequence[Message]]) -> list[str]:
+    return [self.think(h) for h in histories]
+
+  def choose_tool_batch(self, steps: Sequence[tuple], *, k: int = 1) -> list[list[ToolChoice]]:
+    """`choose_tool` for each (history, thought, candidates, allow_finish)."""
+    return [self.choose_tool(h, t, c, k=k, allow_finish=f) for h, t, c, f in steps]
+
+  def count_tokens(self, text: str) -> int:
+    """Tokens in `text` for usage reports; a model policy counts with its tokenizer, this default counts words and
+    punctuation marks."""
+    return len(_TOKEN.findall(text))
 
 
 def steps_taken(history: Sequence[Message]) -> int:
@@ -101,6 +115,7 @@ class ScriptedPolicy(Policy):
 
 
 _WORD = re.compile(r"[a-z0-9]+")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 _STOP = frozenset("the a an is are was be to of in on for and or what how which who can you me my i it its this that "
@@ -141,7 +156,7 @@ class LexicalPolicy(Policy):
   def choose_tool(self, history, thought, candidates, *, k=1, allow_finish=True):
     q = Counter(_words(last_query(history)))
     called = {m.action for m in history if m.role == "assistant" and m.action is not None}
-    pool = range(len(self.corpus)) if candidates is None else [t for t in candidates if 0 <= t < len(self.corpus)]
+    pool = [t.id for t in self.corpus] if candidates is None else [t for t in candidates if 0 <= t < len(self.corpus)]
     ranked = sorted(((self._score(t, q) - (1e3 if t in called else 0.0), t) for t in pool), key=lambda x: (-x[0], x[1]))
     out = [ToolChoice(t, s) for s, t in ranked]
     if allow_finish:
@@ -166,7 +181,9 @@ class _QueryFiller:
 
   def __init__(self, query: str):
     self.quoted = re.findall(r"['\"]([^'\"]{1,80})['\"]", query)
-    self.numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", query)
+    # Whole numbers of at most 64 digits: a longer one is no argument value (and past 4300 digits Python's int
+    # parser refuses it).
+    self.numbers = re.findall(r"(?<![\w.])-?\d{1,64}(?:\.\d{1,64})?(?![\d.])", query)
 
   def choose(self, prefix, options):
     return len(options) - 1 if options[-1] == "}" else 0  # no optional keys; first enum value
