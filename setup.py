@@ -34,7 +34,9 @@ EXTRAS = {
     # (`pip install torch==2.13.0`) so that accelerate does not pull a CUDA build.
     "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch>=2.4", "accelerate>=1.0",
              "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    # Accelerators (`bash launch/setup.sh --cuda | --cuda13 | --tpu`): JAX's device wheels, no PyTorch.
     "cuda12": ["jax[cuda12]"],
+    "cuda13": ["jax[cuda13]"],
     "tpu": ["jax[tpu]"],
     "grain": ["grain>=0.2"],
     "stem": ["PyStemmer>=2.2"],  # optional Snowball stemming for the BM25 baseline (evaluation/bm25.py stemmer=)
