@@ -24,6 +24,12 @@ class ByteChatTokenizer:
   def vocab_size(self) -> int:
     return 256 + len(self.added)
 
+  def __len__(self) -> int:
+    return self.vocab_size
+
+  def token_to_id(self, token):
+    return self.added.get(token)
+
   def encode(self, text, add_special_tokens=False):
     ids = []
     for part in self._split.split(text):
@@ -51,28 +57,39 @@ class ByteChatTokenizer:
 
 
 def code_tokens(levels: int, size: int) -> list[str]:
-  return [f"<T{l}_{c}>" for l in range(levels) for c in range(size)]
+  from toolgen_jax.code_vocab import token_string
+  return [token_string("codes", l, c) for l in range(levels) for c in range(size)]
 
 
-def toy_codebook(num_tools: int, levels: int = 2, size: int = 8, seed: int = 0) -> dict[int, list[str]]:
+class ToyCodes(dict):
+  """tool id -> its code token strings; `tool_text` as a `CodeVocabulary` has it (what the stage builders read)."""
+
+  def tool_text(self, tool: int) -> str:
+    if tool not in self:
+      raise KeyError(f"tool {tool} has no code ({len(self)} entries)")
+    return "".join(self[tool])
+
+
+def toy_codebook(num_tools: int, levels: int = 2, size: int = 8, seed: int = 0) -> ToyCodes:
   """Distinct random code sequences per tool (a stand-in for the learned codebook)."""
   import numpy as np
+  from toolgen_jax.code_vocab import token_string
   rng = np.random.default_rng(seed)
-  seen, out = set(), {}
+  seen, out = set(), ToyCodes()
   for t in range(num_tools):
     while True:
       codes = tuple(int(c) for c in rng.integers(0, size, levels))
       if codes not in seen:
         seen.add(codes)
         break
-    out[t] = [f"<T{l}_{c}>" for l, c in enumerate(codes)]
+    out[t] = [token_string("codes", l, c) for l, c in enumerate(codes)]
   return out
 
 
 def toy_examples(n: int = 32, seed: int = 0):
   """Synthetic prompt -> code examples (no data files needed)."""
   import numpy as np
-  from toolgen_jax.training.input_pipeline import Example
+  from toolgen_jax.prompts import Example
   rng = np.random.default_rng(seed)
   cb = toy_codebook(n, 2, 8, seed)
   return [Example(id=str(i), segments=(

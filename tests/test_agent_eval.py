@@ -3,7 +3,7 @@
 import json
 
 from toolgen_jax.agent import eval as agent_eval
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent.policy import LexicalPolicy, Policy, ToolChoice, steps_taken
 from toolgen_jax.data.records import Message, Tool, ToolCorpus, Trajectory
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import loop
 from toolgen_jax.agent.executors import CallableExecutor
 from toolgen_jax.agent.policy import LexicalPolicy, ScriptedPolicy, ScriptedStep, ToolChoice

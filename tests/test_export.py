@@ -10,6 +10,7 @@ import pytest
 from toolgen_jax.models import export, llama, lora, vocab, weights
 
 import _model_refs
+from _training_helpers import code_tokens
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,7 +21,7 @@ def _extended_model(architecture, tied):
                                   qkv_bias=architecture == "qwen2", bos_token_id=1, eos_token_id=2)
   params = llama.init_params(config, jax.random.key(0), init_std=0.1)
   tok = _model_refs.smollm2_tokenizer()
-  params, config, tok = vocab.extend_vocab(params, config, tok, vocab.code_tokens(2, 4), init="subword_mean",
+  params, config, tok = vocab.extend_vocab(params, config, tok, code_tokens(2, 4), init="subword_mean",
                                            pad_to_multiple=128)
   params, config = lora.apply_lora(params, config, jax.random.key(1), rank=4, alpha=8.0)
   # a trained-looking adapter: non-zero B

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import loop
 from toolgen_jax.agent.executors import CallableExecutor, ExecutionResult
 from toolgen_jax.agent.model_policy import ModelPolicy

@@ -1,4 +1,5 @@
-"""Stage example builders (masks = exactly the assistant reply) and loss decrease of each stage on real data."""
+"""Stage example builders (masks = exactly the assistant reply), the orchestration, the post-guided loop, and loss
+decrease of each stage on real data."""
 
 import pathlib
 
@@ -6,14 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from _training_helpers import ByteChatTokenizer, code_tokens, toy_codebook
+from _training_helpers import ByteChatTokenizer, ToyCodes, code_tokens, toy_codebook
+from toolgen_jax import prompts
 from toolgen_jax import config as config_lib
 from toolgen_jax import data
 from toolgen_jax.data.records import Message, Query, Trajectory
 from toolgen_jax.models import llama
 from toolgen_jax.training import input_pipeline as ip
 from toolgen_jax.training import sharding as shd
-from toolgen_jax.training import stages, train
+from toolgen_jax.training import refinement, stages, train
 
 LEVELS, SIZE = 2, 64
 TOK = ByteChatTokenizer(code_tokens(LEVELS, SIZE))
@@ -27,7 +29,7 @@ def test_render_chat_targets_are_the_assistant_replies():
   turns = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
            {"role": "assistant", "content": "a1"}, {"role": "user", "content": "more"},
            {"role": "assistant", "content": "a2"}]
-  ex = stages.render_chat(TOK, turns, "x")
+  ex = prompts.render_chat(TOK, turns, "x")
   assert ex.text == TOK.apply_chat_template(turns)
   assert _target_texts(ex) == ["a1<|im_end|>\n", "a2<|im_end|>\n"]
   # The prompt before each reply is the inference prompt (template with the generation prompt).
@@ -40,18 +42,16 @@ def test_render_chat_rejects_templates_that_rewrite_history():
     def apply_chat_template(self, turns, tokenize=False, add_generation_prompt=False):
       return f"[{len(turns)} turns]" + super().apply_chat_template(turns, tokenize, add_generation_prompt)
   with pytest.raises(ValueError, match="prefix|rewrites"):
-    stages.render_chat(Rewriting(), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "x")
+    prompts.render_chat(Rewriting(), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "x")
 
 
-def test_code_tokens_adapter_accepts_mapping_and_codes_array():
-  assert stages.code_text({3: ["<T0_1>", "<T1_2>"]}, 3) == "<T0_1><T1_2>"
-
-  class CB:
-    codes = np.array([[5, 7], [1, -1]])
-  assert stages.code_text(CB(), 0) == "<T0_5><T1_7>"
-  assert stages.code_text(CB(), 1) == "<T0_1>"
+def test_example_builders_read_the_code_vocabulary():
+  cb = ToyCodes({3: ["<T0_1>", "<T1_2>"]})
+  (ex,) = stages.memorization_examples(data.ToolCorpus([data.Tool(id=i, tool_name=f"t{i}", api_name="a")
+                                                        for i in range(4)]), cb, TOK, tool_ids=[3])
+  assert _target_texts(ex) == ["<T0_1><T1_2><|im_end|>\n"]
   with pytest.raises(KeyError):
-    stages.code_text({}, 0)
+    stages.retrieval_examples([Query(id="q", text="x", relevant=(0,))], cb, TOK)
 
 
 def test_retrieval_multi_target_modes():
@@ -69,16 +69,15 @@ def test_retrieval_multi_target_modes():
 @pytest.mark.parametrize("system_prompt", [None, "", "Retrieve a tool."])
 def test_generative_prompt_is_the_training_prompt(system_prompt):
   """Whatever config.train.system_prompt says, inference starts from exactly the prompt the model was trained on."""
-  from toolgen_jax import generative
   from toolgen_jax.models import tokenizer as tok_lib
   tok = tok_lib.load_tokenizer("smollm2")
   q = Query(id="q", text="Find the area of a triangle", relevant=(0,))
-  ex = stages.retrieval_examples([q], {0: ["<a>"]}, tok, system_prompt=system_prompt)[0]
+  ex = stages.retrieval_examples([q], ToyCodes({0: ["<a>"]}), tok, system_prompt=system_prompt)[0]
   prompt = "".join(t for t, is_t in ex.segments if not is_t)
-  assert ip.encode_text(tok, prompt) == generative.prompt_ids(tok, q.text, system_prompt=system_prompt)
-  n = len(generative.prompt_ids(tok, q.text, system_prompt=system_prompt))
+  assert ip.encode_text(tok, prompt) == prompts.retrieval_prompt_ids(tok, q.text, system_prompt=system_prompt)
+  n = len(prompts.retrieval_prompt_ids(tok, q.text, system_prompt=system_prompt))
   if system_prompt is None:  # SmolLM2's template inserts its own default system turn
-    assert "SmolLM" in prompt and n > len(generative.prompt_ids(tok, q.text, system_prompt=""))
+    assert "SmolLM" in prompt and n > len(prompts.retrieval_prompt_ids(tok, q.text, system_prompt=""))
   else:
     assert "SmolLM" not in prompt and f"system\n{system_prompt}<|im_end|>" in prompt
 
@@ -94,7 +93,7 @@ def _weather_trajectory(tid: str, *later: Message):
 
 
 def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
-  from toolgen_jax.agent import format as fmt
+  fmt = prompts
   corpus, cb, tr = _weather_trajectory("t", Message(
       role="assistant", thought="done", action=None, action_name="Finish",
       action_input='{"return_type": "give_answer", "final_answer": "sunny"}'))
@@ -109,7 +108,7 @@ def test_trajectory_examples_use_the_agent_format_and_need_finish_codes():
 
 
 def test_trajectory_examples_per_step_and_steps_without_a_code():
-  from toolgen_jax.agent import format as fmt
+  fmt = prompts
   corpus, cb, tr = _weather_trajectory(
       "I1/t",
       Message(role="assistant", thought="", action=None, action_name="made_up_api", action_input="{}"),
@@ -127,13 +126,13 @@ def test_trajectory_examples_per_step_and_steps_without_a_code():
   assert _target_texts(first) == _target_texts(whole)[:3] and _target_texts(second) == _target_texts(whole)[3:]
   # Step 2's context is exactly the inference prompt: the gold history with no loss on it.
   policy_prompt = TOK.apply_chat_template(fmt.prompt_turns(
-      (tr.messages[0], tr.messages[1], tr.messages[2]), "think", action_text=lambda m: stages.code_text(cb, m.action),
+      (tr.messages[0], tr.messages[1], tr.messages[2]), "think", action_text=lambda m: cb.tool_text(m.action),
       tool_of=lambda m: corpus[m.action]), add_generation_prompt=True)
   assert second.text.startswith(policy_prompt) and second.text == whole.text
-  assert stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codebook=cb, tokenizer=TOK,
+  assert stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codes=cb, tokenizer=TOK,
                                finish_id=1, data_config={"trajectory_examples": "steps"}) == steps
   with pytest.raises(ValueError, match="whole|steps"):
-    stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codebook=cb, tokenizer=TOK, finish_id=1,
+    stages.stage_examples("trajectory", corpus=corpus, trajectories=[tr], codes=cb, tokenizer=TOK, finish_id=1,
                           data_config={"trajectory_examples": "turns"})
 
 
@@ -143,31 +142,56 @@ def test_post_guided_refinement_swaps_codebooks_each_round():
       self.codes = np.asarray(codes)
   calls = []
 
-  def train_round(params, codebook, r):
-    calls.append((r, codebook.codes.copy()))
-    return params + 1, {"loss": 1.0 / (r + 1)}
+  def train_round(params, codebook, model, r):
+    calls.append((r, codebook.codes.copy(), model))
+    return params + 1
 
-  def quantize(emb, old):
+  def quantize(emb, old, r):
+    assert emb.shape == (3, 4)
     return CB(np.roll(old.codes, 1, axis=0))   # a changed assignment every round
 
-  params, cb, hist = stages.post_guided_refinement(
-      0, CB([[0, 1], [2, 3], [4, 5]]), rounds=2, train=train_round, embed_tools=lambda p: np.zeros((3, 4)),
-      quantize=quantize)
-  assert params == 2 and [h.round for h in hist] == [0, 1]
+  def add_tokens(params, model, new):
+    return params, model + 1   # the model a round trains is the one its tokens were added to
+
+  params, cb, model, hist = refinement.post_guided_refinement(
+      0, CB([[0, 1], [2, 3], [4, 5]]), 10, rounds=2, train=train_round,
+      embed_tools=lambda p, m, r: np.zeros((3, 4)), quantize=quantize, add_tokens=add_tokens)
+  assert params == 2 and model == 12 and [h.round for h in hist] == [0, 1]
   assert all(h.changed_tools == 3 for h in hist)
+  assert [c[2] for c in calls] == [11, 12]
   np.testing.assert_array_equal(calls[0][1], [[4, 5], [0, 1], [2, 3]])
   np.testing.assert_array_equal(cb.codes, calls[1][1])
 
 
+def test_changed_tools_pads_a_suffix_level():
+  old = np.array([[0, 1], [2, 3], [4, 5]])
+  new = np.array([[0, 1, -1], [2, 3, 0], [4, 6, -1]])
+  assert refinement.changed_tools(old, new) == 2
+  assert refinement.changed_tools(old, old[:2]) == -1
+
+
 def test_mean_hidden_embeddings_are_normalised_and_ignore_padding():
+  from toolgen_jax.codebook import embed
   mc = llama.LlamaConfig.tiny()
   params = llama.init_params(mc, jax.random.PRNGKey(0))
   t = np.array([[5, 6, 7, 0], [5, 6, 7, 9]], np.int32)
   m = np.array([[1, 1, 1, 0], [1, 1, 1, 0]], np.int32)
-  e = stages.mean_hidden_embeddings(params, mc, [(t, m)])
+  e = embed.mean_hidden_embeddings(params, mc, [(t, m)])
   assert e.shape == (2, mc.hidden_size)
   np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(e[0], e[1], atol=1e-5)  # the padded position's token does not matter
+
+
+def test_stage_steps_and_training_split():
+  import types
+  c = config_lib.base_config()
+  c.train.steps, c.train.stage_steps.retrieval = 7, 5
+  assert stages.stage_steps(c, "memorization") == 7 and stages.stage_steps(c, "retrieval") == 5
+  assert stages.stage_steps(c, "retrieval_refine0") == 5  # a round retrains the last stage as long
+  c.train.stage_steps.refine = 2
+  assert stages.stage_steps(c, "retrieval_refine1") == 2
+  qs = [Query(id=s, text=s, relevant=(0,), split=s) for s in ("train", "dev", "test")]
+  assert [q.id for q in stages.training_queries(types.SimpleNamespace(queries=qs))] == ["train"]
 
 
 # ---- real data: each stage learns -----------------------------------------------------------------------------
@@ -215,12 +239,15 @@ def test_trajectory_loss_decreases(shared_data, tmp_path):
 def test_run_stages_chains_stages_and_skips_finished_ones(stabletoolbench, tmp_path):
   import dataclasses
   import types
+
+  from toolgen_jax.models.vocab import Model
   ds = stabletoolbench
   queries = [dataclasses.replace(q, split="train") for q in ds.queries if q.group == "I1"][:8]
   tools = sorted({t for q in queries for t in q.relevant})
   corpus = data.ToolCorpus(ds.corpus[t] for t in tools)
   remap = {t: i for i, t in enumerate(tools)}
   queries = [dataclasses.replace(q, relevant=tuple(remap[t] for t in q.relevant)) for q in queries]
+  queries.append(Query(id="held-out", text="never trained on", relevant=(0,), split="test"))
   dset = types.SimpleNamespace(corpus=corpus, queries=queries, trajectories=[])
   c = config_lib.base_config()
   c.train.stages, c.train.steps, c.train.batch_size, c.train.seq_len = ("memorization", "retrieval"), 3, 4, 96
@@ -228,13 +255,17 @@ def test_run_stages_chains_stages_and_skips_finished_ones(stabletoolbench, tmp_p
   c.data.doc_max_chars = 120
   mc = llama.LlamaConfig.tiny(vocab_size=TOK.vocab_size)
   p0 = llama.init_params(mc, jax.random.PRNGKey(0))
-  kw = dict(model_config=mc, tokenizer=TOK, dataset=dset, codebook=toy_codebook(len(corpus), LEVELS, SIZE),
-            workdir=str(tmp_path), mesh=shd.make_mesh(c.mesh, jax.devices()[:1]))
-  params, _, res = stages.run_stages(c, params=p0, **kw)
+  codes = toy_codebook(len(corpus), LEVELS, SIZE)
+  cb = types.SimpleNamespace(finish_id=None)
+  kw = dict(model=Model(config=mc, params=p0, tokenizer=TOK, new_token_start=256), dataset=dset, codebook=cb,
+            codes=lambda codebook, tok: codes, workdir=str(tmp_path), mesh=shd.make_mesh(c.mesh, jax.devices()[:1]),
+            log=lambda s: None)
+  params, _, _, res = stages.run_stages(c, **kw)
   assert list(res) == ["memorization", "retrieval"]
-  assert res["retrieval"].history[0]["step"] == 1 and res["memorization"].resumed_from is None
+  assert res["retrieval"].examples == sum(len(q.relevant) for q in queries[:-1])  # the test query is not trained on
+  assert res["retrieval"].fit.history[0]["step"] == 1 and res["memorization"].fit.resumed_from is None
   assert not np.allclose(params["embed"]["embedding"], p0["embed"]["embedding"])
   # A re-run finds both stages finished and returns the same params without training.
-  params2, _, res2 = stages.run_stages(c, params=p0, **kw)
-  assert res2["retrieval"].resumed_from == 3 and res2["retrieval"].history == []
+  params2, _, _, res2 = stages.run_stages(c, **kw)
+  assert res2["retrieval"].fit.resumed_from == 3 and res2["retrieval"].fit.history == []
   np.testing.assert_array_equal(params2["embed"]["embedding"], params["embed"]["embedding"])

@@ -199,23 +199,3 @@ def test_build_steps_rejects_bad_accumulation():
     train.build_steps(mc, cfg.train, mesh, cfg.mesh.logical_axis_rules, total_steps=3)
 
 
-def test_ndcg_eval_fn_scores_the_current_params_through_the_trie():
-  import types
-
-  from _training_helpers import ByteChatTokenizer, code_tokens, toy_codebook
-  from toolgen_jax.data.records import Query
-  from toolgen_jax.decoding import trie as trie_lib
-  tok = ByteChatTokenizer(code_tokens(2, 8))
-  cb = toy_codebook(6, 2, 8)
-  codes = np.array([[int(t.split("_")[1][:-1]) for t in cb[i]] for i in range(6)])
-  table = np.array([[tok.added[f"<T{l}_{c}>"] for c in range(8)] for l in range(2)])
-  trie = trie_lib.Trie.build(codes, code_tokens=table, num_codes=8)
-  mc = llama.LlamaConfig.tiny(vocab_size=tok.vocab_size)
-  params = llama.init_params(mc, jax.random.PRNGKey(0))
-  qs = [Query(id=str(i), text=f"query {i}", relevant=(i,)) for i in range(4)]
-  fn = train.ndcg_eval_fn(mc, tok, trie, qs, ks=(1, 5), batch_size=4)
-  out = fn(types.SimpleNamespace(params=params))
-  assert set(out) >= {"ndcg@1", "ndcg@5", "recall@5"}
-  assert all(0.0 <= v <= 1.0 for v in out.values())
-  # One relevant tool per query: NDCG@1 is the hit rate at 1, which cannot exceed Recall@5.
-  assert out["recall@5"] >= out["ndcg@1"]

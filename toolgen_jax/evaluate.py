@@ -23,11 +23,14 @@ from typing import Sequence
 
 import ml_collections
 
-from toolgen_jax import config as config_lib
+from toolgen_jax import artifact
 from toolgen_jax.data.records import DataError, Query
+from toolgen_jax.evaluation import bm25
+from toolgen_jax.evaluation.harness import select_split
+from toolgen_jax.evaluation.retriever import SubsetRetriever
 
-WORKDIR_DATASET = "dataset"   # ToolDataset.save() folder of the corpus the model was trained on
-WORKDIR_MODEL = "model"  # what marks a workdir as trained (pipeline.save_trained: config, tokenizer, params)
+WORKDIR_DATASET = artifact.DATASET_DIR
+WORKDIR_MODEL = artifact.MODEL_DIR
 BASELINES = ("bm25", "embedding")
 
 
@@ -79,51 +82,17 @@ def load_spec(spec: str):
   return f"{source}:{path.name}", ds
 
 
-def select_split(queries: Sequence[Query], split: str, label: str) -> list[Query]:
-  """split 'auto': 'test', else 'eval', else every query; '' = every query; else exactly that split."""
-  splits = sorted({q.split for q in queries})
-  if split == "":
-    return list(queries)
-  if split == "auto":
-    for s in ("test", "eval"):
-      if s in splits:
-        return [q for q in queries if q.split == s]
-    return list(queries)
-  if split not in splits:
-    raise ValueError(f"{label}: no query has split {split!r}; splits present: {splits}")
-  return [q for q in queries if q.split == split]
-
-
-def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The workdir's resolved config.json over the base defaults (fields the file lacks keep their defaults)."""
-  c = config_lib.base_config()
-  path = workdir / "config.json"
-  if path.exists():
-    saved = json.loads(path.read_text())
-    for section in ("data", "model", "encoder", "eval"):
-      for key, value in saved.get(section, {}).items():
-        if key in c[section]:
-          default = c[section][key]
-          c[section][key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
-  return c
-
-
-def has_trained_model(workdir: pathlib.Path) -> bool:
-  return (workdir / WORKDIR_MODEL / "params").is_dir()
-
-
 def load_model_retriever(workdir: pathlib.Path, corpus, config: ml_collections.ConfigDict):
-  """HOOK for the pipeline: the trained generative retriever of `workdir` over `corpus` (a `Retriever`).
+  """The trained generative retriever of `workdir` over `corpus` (a `Retriever`).
 
   Tools of `corpus` the model does not know must first get codes through the codebook's `add_tools` (no training
   on queries). Raises NoTrainedModelError when the workdir holds no trained model.
   """
-  if not has_trained_model(workdir):
+  if not artifact.has_trained_model(workdir):
     raise NoTrainedModelError(
         f"{workdir} has no trained model ({WORKDIR_MODEL}/ is missing or empty): run `python -m toolgen_jax.main "
         f"--config=... --workdir={workdir}` first, or evaluate the baselines only with --methods=bm25,embedding")
-  from toolgen_jax import pipeline
-  trained = pipeline.load_trained(workdir)
+  trained = artifact.load_trained(workdir)
   known = len(trained.codebook.codes)
   new = [t for t in corpus if t.id >= known]  # workdir tools come first in the merged corpus, keeping their ids
   if new:
@@ -161,35 +130,11 @@ def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_fr
   return merged, per_file, file_tools, added
 
 
-class SubsetRetriever:
-  """A retriever built over the documents of `ids` only (local ids 0..n-1), answering in corpus ids. Per-file BM25
-  needs its own index: IDF and the mean document length are statistics of the indexed corpus."""
-
-  def __init__(self, retriever, ids: Sequence[int]):
-    self.retriever, self.ids = retriever, list(ids)
-    self.local = {g: i for i, g in enumerate(self.ids)}
-
-  def rank(self, queries, k, candidates):
-    local = [None if c is None else tuple(self.local[t] for t in c if t in self.local) for c in candidates]
-    return [[self.ids[i] for i in r] for r in self.retriever.rank(queries, k, local)]
-
-
-def bm25_retriever(documents: list[str], config: ml_collections.ConfigDict, ids: Sequence[int] | None = None):
-  """BM25 over `documents` (or over documents[ids] only, answering in corpus ids)."""
-  from toolgen_jax.evaluation.bm25 import BM25Retriever
-
-  kw = dict(k1=config.eval.bm25_k1, b=config.eval.bm25_b, method=config.eval.bm25_method,
-            analyzer=config.eval.bm25_analyzer)
-  if ids is None:
-    return BM25Retriever(documents, **kw)
-  return SubsetRetriever(BM25Retriever([documents[i] for i in ids], **kw), ids)
-
-
 def make_baselines(methods: Sequence[str], documents: list[str], config: ml_collections.ConfigDict,
                    workdir: pathlib.Path) -> dict:
   out = {}
   if "bm25" in methods:
-    out["bm25"] = bm25_retriever(documents, config)
+    out["bm25"] = bm25.from_config(documents, config.eval)
   if "embedding" in methods:
     from toolgen_jax.codebook import embed
     from toolgen_jax.evaluation.embedding import EmbeddingRetriever
@@ -211,8 +156,8 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
   wd = pathlib.Path(workdir)
   if not queries:
     raise ValueError("give at least one --queries file")
-  config = load_config(wd)
-  methods = list(methods) if methods else list(BASELINES) + (["model"] if has_trained_model(wd) else [])
+  config = artifact.load_config(wd, missing_ok=True)
+  methods = list(methods) if methods else list(BASELINES) + (["model"] if artifact.has_trained_model(wd) else [])
   unknown = set(methods) - set(BASELINES) - {"model"}
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(BASELINES)}, model")
@@ -233,7 +178,7 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
     results = {}
     for name, r in retrievers.items():
       if name == "bm25" and universe is not None:
-        r = bm25_retriever(documents, config, universe)
+        r = bm25.from_config(documents, config.eval, universe)
       baseline = name in BASELINES  # cheap per query: one call (the encoder batches itself)
       results[name] = harness.evaluate(r, qs, ks=tuple(config.eval.ks),
                                        recall_ks=tuple(config.eval.ks) + tuple(config.eval.recall_ks),

@@ -1,6 +1,6 @@
 """The model side of the agent: what the loop asks of a policy, a scripted policy for tests, a lexical baseline.
 
-A `Policy` answers three questions per step, each a separate generation in the agent format (`format.py`):
+A `Policy` answers three questions per step, each a separate generation in the agent format (`toolgen_jax.prompts`):
   think(history) -> Thought text (free text until a stop string);
   choose_tool(history, thought, candidates) -> ranked tool ids (constrained beam search over the trie of tool codes;
       `candidates` restricts the trie to those tools (the "GT tools" setting); Finish is a code like any other);

@@ -3,11 +3,11 @@
     from toolgen_jax import codebook
     x = codebook.encode_texts(docs)                         # [N, 384] MiniLM (Flax), L2-normalised
     cb = codebook.build(config.codebook, x, names, cooccurrence=graph, encoder=enc_info)
-    cb.codes[cb.active]; cb.tokens(); cb.token_members(); cb.add_tools(docs=new_docs); cb.save(dir)
+    cb.codes[cb.active]; cb.add_tools(docs=new_docs); cb.save(dir)   # tokens: toolgen_jax.code_vocab
 """
 
-from toolgen_jax.codebook.codebook import (AddReport, Codebook, atomic_token, build, code_token, from_baseline,
-                                           from_residual_kmeans, from_rqvae, load)
+from toolgen_jax.codebook.codebook import (AddReport, Codebook, build, from_baseline, from_residual_kmeans,
+                                           from_rqvae, load)
 from toolgen_jax.codebook.collisions import CollisionReport, collision_rate, resolve
 from toolgen_jax.codebook.embed import Encoder, cached_encode, encode_texts, load_encoder
 from toolgen_jax.codebook.kmeans import KMeansResult

@@ -176,3 +176,41 @@ def cached_encode(texts: Sequence[str], workdir: str | os.PathLike, encoder: Enc
   (d / f"{f.stem}.json").write_text(json.dumps({"encoder_id": enc.encoder_id, "path": enc.path, "n": len(texts),
                                                 "max_len": max_len}))
   return emb
+
+
+# ---- tool embeddings from the LLM itself (Toolscaler's post-guided re-embedding) -------------------------------
+
+def mean_hidden_embeddings(params: Any, config: Any, token_batches) -> np.ndarray:
+  """Masked mean of the LLM's final hidden states over each document's tokens, rows L2-normalised.
+
+  token_batches yields (tokens [B, T] int32, mask [B, T]); returns [N, D] float32.
+  """
+  from toolgen_jax.models import llama
+
+  @jax.jit
+  def pooled(p, tokens, mask):
+    h, _ = llama.hidden_states(p, config, tokens, attention_mask=mask)
+    m = mask.astype(jnp.float32)[..., None]
+    v = jnp.sum(h.astype(jnp.float32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+
+  return np.concatenate([np.asarray(pooled(params, jnp.asarray(t), jnp.asarray(m))) for t, m in token_batches])
+
+
+def llm_tool_embeddings(params: Any, config: Any, tokenizer: Any, docs: Sequence[str], *, max_len: int,
+                        batch_size: int = 16) -> np.ndarray:
+  """[N, D] `mean_hidden_embeddings` of tool documents (each cut to `max_len` tokens, one padded length)."""
+  from toolgen_jax.models.tokenizer import encode_text
+  ids = [encode_text(tokenizer, d)[:int(max_len)] or [tokenizer.pad_id or 0] for d in docs]
+  T = -(-max(len(x) for x in ids) // 16) * 16  # one padded length: one compilation
+
+  def batches():
+    for i in range(0, len(ids), batch_size):
+      chunk = ids[i:i + batch_size]
+      tok = np.zeros((batch_size, T), np.int32)
+      mask = np.zeros((batch_size, T), np.int32)
+      for r, x in enumerate(chunk):
+        tok[r, :len(x)], mask[r, :len(x)] = x, 1
+      yield tok, mask
+
+  return mean_hidden_embeddings(params, config, batches())[:len(ids)]

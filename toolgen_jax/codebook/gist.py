@@ -192,3 +192,22 @@ def embed_tools(params, config: llama.LlamaConfig, docs: Sequence[Mapping[str, s
     content, cmask = _pad([tokenize(" | ".join(f"{k}: {v}" for k, v in d.items())) for d in chunk], cfg.max_content)
     out.append(np.asarray(fn(params, jnp.asarray(content), jnp.asarray(cmask))))
   return np.concatenate(out) if out else np.zeros((0, len(gist_ids), config.hidden_size), np.float32)
+
+
+def config_from(encoder_config, seed: int = 0) -> GistConfig:
+  """The `GistConfig` of a run's `config.encoder` section (kind='gist')."""
+  e = encoder_config
+  return GistConfig(num_gist=int(e.gist_tokens), lora_rank=int(e.gist_lora_rank), steps=int(e.gist_steps),
+                    batch_size=int(e.gist_batch_size), learning_rate=float(e.gist_learning_rate),
+                    max_content=int(e.max_len), seed=int(seed))
+
+
+def load_encoder(directory, params, config: llama.LlamaConfig, tokenizer, cfg: GistConfig):
+  """A stored gist encoder (`directory`/state.npz, written by the pipeline's embeddings step) rebuilt on its
+  backbone -> (params, config, gist ids, tokenize), ready for `embed_tools` (coding new tools)."""
+  import pathlib
+
+  from toolgen_jax.models.tokenizer import encode_text
+  state = dict(np.load(pathlib.Path(directory) / "state.npz"))
+  params, config, ids = restore_state(params, config, state, cfg)
+  return params, config, ids, (lambda s: encode_text(tokenizer, s))

@@ -1,7 +1,7 @@
 """The trained model as a retriever: query -> chat prompt -> trie-constrained beam search -> ranked distinct tools.
 
-The prompt is rendered exactly as the retrieval stage renders it for training (the tokenizer's chat template with a
-single user turn and the generation prompt), so the first generated token is the first code token.
+The prompt is `prompts.retrieval_prompt_ids`: exactly the prefix the retrieval stage trains on (the tokenizer's chat
+template with a single user turn and the generation prompt), so the first generated token is the first code token.
 """
 
 from __future__ import annotations
@@ -17,20 +17,7 @@ from toolgen_jax.data.records import Query
 from toolgen_jax.decoding import beam_search as bs
 from toolgen_jax.decoding import constrained
 from toolgen_jax.decoding import trie as trie_lib
-from toolgen_jax.training import input_pipeline
-from toolgen_jax.training import stages
-
-
-def prompt_ids(tokenizer: Any, text: str, max_prompt_tokens: int = 0, system_prompt: str | None = None) -> list[int]:
-  """Token ids of the retrieval prompt for `text` (`system_prompt` as in training: config.train.system_prompt).
-  A long query is cut from the left of its *text* (the template's head and generation prompt are kept), so the
-  model still sees where the codes start."""
-  turns = stages.system_turn(system_prompt) + [{"role": "user", "content": text}]
-  ids = input_pipeline.encode_text(tokenizer, stages._template(tokenizer, turns, True))
-  if max_prompt_tokens and len(ids) > max_prompt_tokens:
-    keep_tail = max_prompt_tokens - 8
-    ids = ids[:8] + ids[-keep_tail:]
-  return ids
+from toolgen_jax.prompts import retrieval_prompt_ids
 
 
 PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -38,7 +25,7 @@ PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
 @dataclasses.dataclass
 class GenerativeRetriever:
-  """`toolgen_jax.evaluation.retriever.Retriever` over a trained model (params, config, tokenizer, trie)."""
+  """A `toolgen_jax.evaluation.retriever.Retriever` over a trained model (params, config, tokenizer, trie)."""
 
   params: Any
   model_config: Any
@@ -68,7 +55,7 @@ class GenerativeRetriever:
     it = range(0, len(order), self.batch_size)
     for start in tqdm(it, desc=f"{self.name} retrieval", disable=not self.progress, leave=False):
       idx = order[start:start + self.batch_size]
-      prompts = [prompt_ids(self.tokenizer, queries[i].text, self.max_prompt_tokens, self.system_prompt)
+      prompts = [retrieval_prompt_ids(self.tokenizer, queries[i].text, self.max_prompt_tokens, self.system_prompt)
                  for i in idx]
       while len(prompts) < self.batch_size:  # one static batch shape
         prompts.append(prompts[-1])

@@ -40,7 +40,7 @@ from flax import struct
 def level_token_table(first_token: int, num_levels: int, codebook_size: int, *, shared: bool = False) -> np.ndarray:
   """[num_levels, K] vocabulary ids of codes when the new tokens are appended from `first_token` on.
 
-  shared=False: level d uses its own K tokens (`<c{d}_{k}>`, ToolWeaver / Toolscaler RQ codes);
+  shared=False: level d uses its own K tokens (ToolWeaver / Toolscaler RQ codes);
   shared=True: every level uses the same K tokens (numerical ids spelled with shared digit tokens).
   """
   k = np.arange(codebook_size, dtype=np.int64)

@@ -81,3 +81,14 @@ class BM25Retriever:
 
   def rank(self, queries: Sequence[Query], k: int, candidates: Candidates) -> list[list[int]]:
     return top_k_from_scores(self.scores([q.text for q in queries]), k, candidates)
+
+
+def from_config(documents: list[str], eval_config, ids: Sequence[int] | None = None):
+  """BM25 over `documents` with `config.eval`'s k1, b, IDF method and analyser (or over documents[ids] only,
+  answering in corpus ids)."""
+  from toolgen_jax.evaluation.retriever import SubsetRetriever
+  kw = dict(k1=eval_config.bm25_k1, b=eval_config.bm25_b, method=eval_config.bm25_method,
+            analyzer=eval_config.bm25_analyzer)
+  if ids is None:
+    return BM25Retriever(documents, **kw)
+  return SubsetRetriever(BM25Retriever([documents[i] for i in ids], **kw), ids)

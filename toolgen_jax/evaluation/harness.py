@@ -116,3 +116,19 @@ def evaluate(retriever: Retriever, queries: Sequence[Query], *, ks: Sequence[int
 def evaluate_methods(retrievers: Mapping[str, Retriever], queries: Sequence[Query], **kwargs) -> dict:
   """`evaluate` for several methods on the same queries: {method name: result}."""
   return {name: evaluate(r, queries, **kwargs) for name, r in retrievers.items()}
+
+
+def select_split(queries: Sequence[Query], split: str, label: str) -> list[Query]:
+  """The queries to score: split 'auto' = 'test', else 'eval', else every query; '' = every query; else exactly
+  that split (a ValueError naming `label` when no query has it)."""
+  splits = sorted({q.split for q in queries})
+  if split == "":
+    return list(queries)
+  if split == "auto":
+    for s in ("test", "eval"):
+      if s in splits:
+        return [q for q in queries if q.split == s]
+    return list(queries)
+  if split not in splits:
+    raise ValueError(f"{label}: no query has split {split!r}; splits present: {splits}")
+  return [q for q in queries if q.split == split]

@@ -167,3 +167,16 @@ if __name__ == "__main__":  # python -m toolgen_jax.evaluation.perplexity [CHECK
   extra = {"n_tokens": int(sys.argv[2])} if len(sys.argv) > 2 else {}
   print(json.dumps(checkpoint_perplexity(sys.argv[1] if len(sys.argv) > 1 else "smollm2",
                                          config_lib.base_config().eval, **extra)))
+
+
+def language_preservation(model_config, tokenizer, params_before, params_after, n_tokens: int = 2048) -> dict:
+  """Perplexity of the base and the tuned model on held-out general English (ToolWeaver's WikiText-2 check):
+  {'base': ..., 'tuned': ...}, both on the extended model config (tool tokens do not change English tokens)."""
+  import jax
+
+  from toolgen_jax.models import llama
+  from toolgen_jax.models.tokenizer import encode_text
+  fwd = jax.jit(lambda p, t: llama.forward(p, model_config, t)[0])
+  encode = lambda text: encode_text(tokenizer, text)
+  return {label: heldout_perplexity(lambda t, p=p: np.asarray(fwd(p, np.asarray(t))), encode, n_tokens=int(n_tokens))
+          for label, p in (("base", params_before), ("tuned", params_after))}

@@ -63,3 +63,16 @@ def check_rankings(rankings: Sequence[Sequence[int]], n_queries: int, k: int, ca
     pool = candidates[i]
     if pool is not None and not set(r) <= set(pool):
       raise ValueError(f"query {i}: ranking has ids outside its candidates: {sorted(set(r) - set(pool))}")
+
+
+class SubsetRetriever:
+  """A retriever built over the documents of `ids` only (local ids 0..n-1), answering in corpus ids. Per-file BM25
+  needs its own index: IDF and the mean document length are statistics of the indexed corpus."""
+
+  def __init__(self, retriever, ids: Sequence[int]):
+    self.retriever, self.ids = retriever, list(ids)
+    self.local = {g: i for i, g in enumerate(self.ids)}
+
+  def rank(self, queries, k, candidates):
+    local = [None if c is None else tuple(self.local[t] for t in c if t in self.local) for c in candidates]
+    return [[self.ids[i] for i in r] for r in self.retriever.rank(queries, k, local)]

@@ -123,3 +123,25 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
   if p.suffix == ".gguf":
     return Tokenizer(_from_gguf(p), str(p))
   raise weights.CheckpointError(f"{p}: unknown tokenizer source (expected a .gguf file or an HF directory)")
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+  """Token ids without added BOS/EOS (chat templates write their special tokens as text).
+
+  Accepts our `Tokenizer`, a transformers tokenizer, or a `tokenizers.Tokenizer`.
+  """
+  if not text:
+    return []
+  try:
+    out = tokenizer.encode(text, add_special_tokens=False)
+  except TypeError:
+    out = tokenizer.encode(text)
+  return list(getattr(out, "ids", out))
+
+
+def tokenizer_from_config(model_config) -> Tokenizer:
+  """The tokenizer of `config.model`: `tokenizer` if set, else the checkpoint's own."""
+  spec = model_config.tokenizer or model_config.checkpoint
+  if spec == "random":
+    raise ValueError("config.model.checkpoint='random' needs config.model.tokenizer (e.g. 'smollm2')")
+  return load_tokenizer(spec)

@@ -17,7 +17,8 @@ with `valid_token_mask`.
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,13 @@ from toolgen_jax.models.tokenizer import Tokenizer
 INITS = ("random", "subword_mean", "codebook")
 
 
-def code_tokens(levels: int, codebook_size: int) -> list[str]:
-  """The L*K code tokens `<T{level}_{code}>` of a residual codebook, level-major (levels counted from 1)."""
-  return [f"<T{l}_{k}>" for l in range(1, levels + 1) for k in range(codebook_size)]
+@dataclasses.dataclass
+class Model:
+  """A backbone after vocabulary extension: what training starts from and what a trained workdir stores."""
+  config: LlamaConfig   # with the extended vocab_size
+  params: Any
+  tokenizer: Tokenizer  # holds the tool tokens
+  new_token_start: int  # first id of the tool tokens
 
 
 def tool_model_vectors(params, config: LlamaConfig, tokenizer: Tokenizer, documents: Sequence[str],
@@ -97,7 +102,7 @@ def extend_vocab(params, config: LlamaConfig, tokenizer: Tokenizer, new_tokens: 
 
   Args:
     params, config: the model; tokenizer: its tokenizer (mutated in place: tokens are added to it).
-    new_tokens: token strings, e.g. `code_tokens(L, K)` or one `<tool_i>` per tool (atomic baseline).
+    new_tokens: token strings (`toolgen_jax.code_vocab.token_strings(codebook)` for tool codes).
     init: 'random' | 'subword_mean' | 'codebook' (see module docstring).
     rng: a jax key or an int seed for the random rows (and random fallbacks).
     special: add as special tokens (stripped by decode(skip_special_tokens=True)); tool codes are not special.

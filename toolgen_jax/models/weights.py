@@ -355,3 +355,15 @@ def config_overrides(model_cfg) -> dict:
     remat = model_cfg.remat_policy
   return dict(dtype=model_cfg.get("dtype", "float32"), param_dtype=model_cfg.get("param_dtype", "float32"),
               remat=remat, scan_layers=bool(model_cfg.get("scan_layers", True)))
+
+
+def load_backbone(model_config, tokenizer, seed: int = 0) -> tuple[LlamaConfig, dict]:
+  """(LlamaConfig, params) of `config.model`: its pretrained checkpoint, or for checkpoint='random' a randomly
+  initialised Llama of shape `config.model.random` over `tokenizer`'s vocabulary (tests, smoke runs)."""
+  if model_config.checkpoint == "random":
+    import jax
+    from toolgen_jax.models import llama
+    mcfg = LlamaConfig.tiny(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id,
+                            **model_config.random.to_dict(), **config_overrides(model_config))
+    return mcfg, llama.init_params(mcfg, jax.random.PRNGKey(int(seed)))
+  return load_pretrained(model_config.checkpoint, **config_overrides(model_config))

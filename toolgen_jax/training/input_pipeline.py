@@ -26,37 +26,11 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from toolgen_jax.models.tokenizer import encode_text
+from toolgen_jax.prompts import Example
+
 PAD_MODES = ("pad", "bucket")
 BUCKET_WINDOW = 16  # batches per sorting window in 'bucket' mode
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """Text segments (text, is_target); the loss is taken on the tokens of target segments only."""
-  id: str
-  segments: tuple[tuple[str, bool], ...]
-
-  @property
-  def text(self) -> str:
-    return "".join(s for s, _ in self.segments)
-
-  @property
-  def target_text(self) -> str:
-    return "".join(s for s, t in self.segments if t)
-
-
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-  """Token ids without added BOS/EOS (chat templates write their special tokens as text).
-
-  Accepts our `models.tokenizer.Tokenizer`, a transformers tokenizer, or a `tokenizers.Tokenizer`.
-  """
-  if not text:
-    return []
-  try:
-    out = tokenizer.encode(text, add_special_tokens=False)
-  except TypeError:
-    out = tokenizer.encode(text)
-  return list(getattr(out, "ids", out))
 
 
 def encode_example(tokenizer: Any, example: Example) -> tuple[np.ndarray, np.ndarray]:

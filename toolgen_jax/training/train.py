@@ -335,25 +335,6 @@ def evaluate_loss(steps: CompiledSteps, params: Any, pipeline, mesh: Mesh, rules
   return {"loss": tot["ce_sum"] / denom, "accuracy": tot["correct"] / denom}
 
 
-def ndcg_eval_fn(model_config: llama.LlamaConfig, tokenizer: Any, trie: Any, queries, *, ks=(1, 3, 5),
-                 setting: str = "multi-domain", beam_size: int = 5, batch_size: int = 8,
-                 system_prompt: str | None = None) -> Callable[[TrainState], dict]:
-  """`eval_fn` for `fit`: dev NDCG@k / Recall@k of the current params through trie-constrained beam search
-  (`toolgen_jax.generative.GenerativeRetriever` + `evaluation.harness.evaluate`), all dev queries pooled."""
-  from toolgen_jax import generative  # local: generative imports training
-  from toolgen_jax.evaluation import harness
-
-  def fn(state: TrainState) -> dict:
-    retriever = generative.GenerativeRetriever(params=state.params, model_config=model_config, tokenizer=tokenizer,
-                                               trie=trie, beam_size=max(beam_size, max(ks)), batch_size=batch_size,
-                                               progress=False, system_prompt=system_prompt)
-    res = harness.evaluate(retriever, queries, ks=ks, settings=(setting,))
-    cell = res[setting][harness.ALL][harness.ALL]
-    return {k: float(v) for k, v in cell.items() if k.startswith(("ndcg@", "recall@"))}
-
-  return fn
-
-
 def fit(*, model_config: llama.LlamaConfig, params: Any, train_config: Mapping[str, Any], mesh: Mesh,
         rules: shd.Rules, pipeline, workdir: str | pathlib.Path, stage: str = "train", total_steps: int | None = None,
         seed: int = 0, new_token_start: int | None = None, extras: Mapping[str, Any] | None = None,

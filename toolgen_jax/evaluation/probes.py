@@ -1,0 +1,45 @@
+"""The queries a pipeline run is scored on: the test split, plus two diagnostic probes.
+
+* train: a seeded sample of `eval.train_queries` training queries (split "train"): whether retrieval was learnt on
+  what the model saw.
+* memorisation: `eval.memorization_tools` tools of the test queries (seeded sample), each queried by its own
+  memorisation document (split "memorisation"): whether doc -> code was learnt at all, which generalising to
+  queries about those tools needs first.
+The harness scores every split separately, and excludes both probes from the in-domain candidate pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from toolgen_jax.data import documents as docs_lib
+from toolgen_jax.data.records import Query
+from toolgen_jax.evaluation.harness import select_split
+
+PROBE_SPLITS = ("train", "memorisation")
+
+
+def memorization_queries(config: Any, dataset: Any, test: list[Query]) -> list[Query]:
+  n = int(config.eval.get("memorization_tools", 0))
+  if n <= 0 or "memorization" not in config.train.stages:
+    return []
+  tools = sorted({t for q in test if q.split != "train" for t in q.relevant}) or list(range(len(dataset.corpus)))
+  pick = sorted(np.random.default_rng(int(config.seed)).permutation(tools)[:n].tolist())
+  max_chars = int(config.train.memorization_max_chars or config.data.doc_max_chars)
+  return [Query(id=f"memorisation/{t}", text=docs_lib.tool_document(dataset.corpus[t], config.data.doc_template,
+                                                                     max_chars),
+                relevant=(int(t),), group="documents", split="memorisation") for t in pick]
+
+
+def evaluation_queries(config: Any, dataset: Any) -> list[Query]:
+  """Test queries (`eval.split`, at most `eval.max_queries`), then the training-query and own-document probes."""
+  test = [q for q in select_split(dataset.queries, str(config.eval.split), config.data.source) if q.split != "train"]
+  if int(config.eval.max_queries) > 0:
+    test = test[:int(config.eval.max_queries)]
+  if int(config.eval.train_queries) > 0:  # a seeded sample of training queries, scored as split "train"
+    train_q = [q for q in dataset.queries if q.split == "train"]
+    pick = np.random.default_rng(int(config.seed)).permutation(len(train_q))[:int(config.eval.train_queries)]
+    test = test + [train_q[i] for i in sorted(pick)]
+  return test + memorization_queries(config, dataset, test)
