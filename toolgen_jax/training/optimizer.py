@@ -95,3 +95,131 @@ def make_optimizer(train_config: Mapping[str, Any], params: Any, logical_axes: A
   chain.append(optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels))
   chain.append(masked_updates(mask, logical_axes))
   return optax.chain(*chain), schedule
+
+
+# ---- the trainable parts as their own small pytree ---------------------------------------------------------------
+
+PART_GROUPS = {"new_rows": "rows", "code_head": "rows", "layers": "layers", "final_norm": "layers"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+  """Which slices of a Llama params tree train, held as a separate small pytree (`split`): gradients, Adam moments
+  and updates exist for these slices only, and the pretrained rest is never differentiated, so it is bit-identical
+  after training by construction (also for a tied embedding, whose output role reaches every row).
+
+  new_token_start: the first added row (vocabulary size before the tool-code tokens).
+  frozen_layers: layers [0, n) stay frozen, [n, num_layers) train ('layers'); n = num_layers trains none.
+  input_rows: train the added rows of the input embedding ('new_rows' [V - start, D]); with a tied embedding and no
+    code_head they are the output rows too.
+  code_head: separate output rows for the added tokens ('code_head' [V - start, D], initialised from the current
+    output rows): the code tokens' input and output roles are untied, so training the output rows never changes
+    what a code token feeds the layers above it (cached features stay exact). `export` writes an untied head.
+  final_norm: train the final RMSNorm scale.
+  """
+  new_token_start: int
+  frozen_layers: int
+  input_rows: bool = False
+  code_head: bool = True
+  final_norm: bool = False
+
+  def check(self, config) -> None:
+    if not 0 <= self.new_token_start <= config.vocab_size:
+      raise ValueError(f"new_token_start={self.new_token_start} outside the vocabulary ({config.vocab_size})")
+    if not 0 <= self.frozen_layers <= config.num_layers:
+      raise ValueError(f"frozen_layers={self.frozen_layers} outside [0, {config.num_layers}]")
+    if config.lora_rank:
+      raise ValueError("Partition trains slices of the base weights; merge_lora first")
+
+
+def _output_rows(params: Any, config, start: int) -> jax.Array:
+  """[V - start, D] current output rows of the added tokens (the embedding rows when tied)."""
+  if config.tie_embeddings:
+    return params["embed"]["embedding"][start:]
+  return params["lm_head"]["kernel"][:, start:].T
+
+
+def split(params: Any, config, part: Partition) -> dict:
+  """The trainable slices of `params` as a dict with keys among PART_GROUPS (copies; `params` stays the frozen
+  reference that `merge` and the engine read)."""
+  part.check(config)
+  out = {}
+  if part.input_rows:
+    out["new_rows"] = jnp.array(params["embed"]["embedding"][part.new_token_start:])
+  if part.code_head:
+    out["code_head"] = jnp.array(_output_rows(params, config, part.new_token_start))
+  if part.frozen_layers < config.num_layers:
+    out["layers"] = jax.tree.map(lambda a: jnp.array(a[part.frozen_layers:]), params["layers"])
+  if part.final_norm:
+    out["final_norm"] = {"scale": jnp.array(params["final_norm"]["scale"])}
+  return out
+
+
+def merge(params: Any, trainable: Mapping[str, Any], config, part: Partition) -> Any:
+  """The full params tree with the trainable slices written in (differentiable in `trainable`; the frozen slices
+  enter as constants). 'code_head' is not part of a Llama tree: read it with `output_rows`, or `export`."""
+  out = dict(params)
+  n, start = part.frozen_layers, part.new_token_start
+  if "new_rows" in trainable:
+    emb = jax.lax.stop_gradient(params["embed"]["embedding"][:start])
+    out["embed"] = {**params["embed"], "embedding": jnp.concatenate([emb, trainable["new_rows"]], 0)}
+  if "layers" in trainable:
+    out["layers"] = jax.tree.map(lambda a, b: jnp.concatenate([jax.lax.stop_gradient(a[:n]), b], 0),
+                                 params["layers"], trainable["layers"])
+  if "final_norm" in trainable:
+    out["final_norm"] = trainable["final_norm"]
+  return out
+
+
+def output_rows(params: Any, trainable: Mapping[str, Any], config, part: Partition, token_ids) -> jax.Array:
+  """[..., D] output (LM head) rows of vocabulary ids `token_ids` [...], all >= new_token_start: 'code_head' when
+  the codes are untied, else the (trained, when tied) embedding rows or the untied head's columns."""
+  local = jnp.asarray(token_ids) - part.new_token_start
+  if "code_head" in trainable:
+    return trainable["code_head"][local]
+  if config.tie_embeddings and "new_rows" in trainable:
+    return trainable["new_rows"][local]
+  return _output_rows(params, config, part.new_token_start)[local]
+
+
+def export(params: Any, trainable: Mapping[str, Any], config, part: Partition):
+  """(params, config) of a plain Llama that computes what the engine trained. With a code_head on a tied model the
+  head is untied (lm_head = E^T with the added columns replaced; +V*D parameters), so every existing decoder and
+  `llama.forward` read the trained output rows while the input rows stay what the cache saw."""
+  p = jax.tree.map(jnp.asarray, merge(params, trainable, config, part))
+  if "code_head" not in trainable:
+    return p, config
+  start = part.new_token_start
+  head = (p["embed"]["embedding"].T if config.tie_embeddings else p["lm_head"]["kernel"])
+  p["lm_head"] = {"kernel": head.at[:, start:].set(trainable["code_head"].T.astype(head.dtype))}
+  return p, config.replace(tie_embeddings=False)
+
+
+def group_labels(trainable: Mapping[str, Any]) -> dict:
+  """'rows' / 'layers' per leaf of a `split` tree (PART_GROUPS)."""
+  return {k: jax.tree.map(lambda _: PART_GROUPS[k], v) for k, v in trainable.items()}
+
+
+def make_group_optimizer(trainable: Mapping[str, Any], learning_rates: Mapping[str, float], total_steps: int, *,
+                         warmup_fraction: float = 0.03, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
+                         grad_clip: float = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+                         ) -> tuple[optax.GradientTransformation, dict]:
+  """AdamW with one warmup-cosine schedule per learning-rate group ('rows': the added token rows, ~1e-3..3e-3;
+  'layers': top layers and final norm, ~1e-4) over a `split` tree, after global-norm clipping of all its gradients.
+  Moments exist for the trainable slices only (there is nothing else in the tree).
+  Returns (optimizer, {group: schedule})."""
+  groups = sorted({PART_GROUPS[k] for k in trainable})
+  missing = [g for g in groups if g not in learning_rates]
+  if missing:
+    raise ValueError(f"no learning rate for group(s) {missing}; give one per group of {groups}")
+  def schedule(peak):
+    if warmup_fraction <= 0:  # no warmup: the first step already moves (learning_rate_schedule warms >= 1 step)
+      return optax.cosine_decay_schedule(peak, max(int(total_steps), 1), alpha=min_lr_ratio)
+    return learning_rate_schedule(peak, int(total_steps), warmup_fraction, min_lr_ratio)
+
+  schedules = {g: schedule(float(learning_rates[g])) for g in groups}
+  txs = {g: optax.adamw(schedules[g], b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
+         for g in groups}
+  chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  chain.append(optax.multi_transform(txs, group_labels(trainable)))
+  return optax.chain(*chain), schedules

@@ -1,0 +1,180 @@
+"""The code engine on a tiny tied Llama: only the partition trains (pretrained rows bit-identical, Adam moments for the
+trainable slices only, learning-rate groups), cached training equals uncached training, the cache resumes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from toolgen_jax.decoding import trie as trie_lib
+from toolgen_jax.models import llama
+from toolgen_jax.training import code_engine as ce
+from toolgen_jax.training import code_loss
+from toolgen_jax.training import feature_cache as fc
+from toolgen_jax.training import optimizer as opt
+
+K, L, START = 4, 2, 248
+TABLE = trie_lib.level_token_table(START, L, K)  # ids 248..255 (the added rows)
+
+
+def _model(num_layers=3):
+  mc = llama.LlamaConfig.tiny(vocab_size=256, tie_embeddings=True, num_layers=num_layers)
+  return mc, llama.init_params(mc, jax.random.PRNGKey(0), init_std=0.2)
+
+
+def _examples(n=10, seed=0, seq_len=16):
+  rng = np.random.default_rng(seed)
+  encoded = []
+  for i in range(n):
+    prompt = rng.integers(3, START, rng.integers(4, 12)).tolist()
+    code = [int(TABLE[0, i % K]), int(TABLE[1, (i * 3 + 1) % K])]
+    encoded.append(np.asarray(prompt + code + [2, 10], np.int32))  # + end of turn, newline (no loss)
+  return fc.code_examples(encoded, TABLE, seq_len)
+
+
+def _slice(ex, idx):
+  return {"tokens": ex.tokens[idx], "attention_mask": ex.attention_mask[idx], "code_pos": ex.code_pos[idx],
+          "codes": ex.codes[idx]}
+
+
+def test_code_examples_positions():
+  ex = _examples(3)
+  for i in range(3):
+    for l in range(L):
+      p = ex.code_pos[i, l]
+      nxt = ex.tokens[i, p + 1] if p + 1 < ex.attention_mask[i].sum() else None
+      if l == 0:
+        assert nxt == TABLE[0, ex.codes[i, 0]]  # the position after the prompt holds the first code
+    assert ex.attention_mask[i].sum() == ex.code_pos[i, 1] + 1  # the last code's input is not needed
+  cut = fc.code_examples([np.arange(3, 30).tolist() + [int(TABLE[0, 1]), int(TABLE[1, 2])]], TABLE, 8)
+  assert cut.truncated == 1 and cut.tokens[0, -1] == TABLE[0, 1] and cut.code_pos[0].tolist() == [6, 7]
+
+
+@pytest.mark.parametrize("mode", ["full", "level"])
+def test_tied_new_rows_train_and_pretrained_rows_stay_bit_identical(mode):
+  mc, params = _model()
+  ex = _examples()
+  part = opt.Partition(new_token_start=START, frozen_layers=2, input_rows=True, code_head=False)
+  batch = {k: jnp.asarray(v) for k, v in _slice(ex, np.arange(10)).items()}
+  # The trap: through the tied head, the full-vocabulary loss reaches every pretrained row.
+  targets = jnp.asarray(TABLE[np.arange(L), ex.codes[:10]])
+
+  def naive(p):  # the causal-LM loss on the whole tied model
+    logits = llama.forward(p, mc, batch["tokens"], attention_mask=batch["attention_mask"])[0]
+    logits = jnp.take_along_axis(logits, batch["code_pos"][..., None], axis=1)
+    return llama.softmax_cross_entropy(logits, targets).sum()
+
+  g_all = jax.grad(naive)(params)
+  assert np.abs(np.asarray(g_all["embed"]["embedding"][:START])).max() > 0
+  trainable = opt.split(params, mc, part)
+  tx, _ = opt.make_group_optimizer(trainable, {"rows": 1e-2, "layers": 1e-3}, 20, warmup_fraction=0.0)
+  state = tx.init(trainable)
+  n_trainable = sum(x.size for x in jax.tree.leaves(trainable))
+  moments = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+             if isinstance(s, optax.ScaleByAdamState)]
+  assert sum(x.size for m in moments for x in jax.tree.leaves((m.mu, m.nu))) == 2 * n_trainable
+  assert n_trainable == (256 - START) * 64 + sum(x.size // 3 for x in jax.tree.leaves(params["layers"]))
+  step = ce.make_step(mc, part, tx, mode=mode, cached=False)
+  losses = []
+  for _ in range(6):
+    trainable, state, m = step(trainable, state, params, jnp.asarray(TABLE), batch)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0]
+  new, _ = opt.export(params, trainable, mc, part)
+  np.testing.assert_array_equal(np.asarray(new["embed"]["embedding"][:START]),
+                                np.asarray(params["embed"]["embedding"][:START]))
+  assert np.all(np.abs(np.asarray(new["embed"]["embedding"][START:] - params["embed"]["embedding"][START:]))
+                .max(axis=1) > 0)
+  for a, b in zip(jax.tree.leaves(new["layers"]), jax.tree.leaves(params["layers"])):
+    np.testing.assert_array_equal(np.asarray(a[:2]), np.asarray(b[:2]))
+  assert np.abs(np.asarray(new["layers"]["q_proj"]["kernel"][2] - params["layers"]["q_proj"]["kernel"][2])).max() > 0
+  np.testing.assert_array_equal(np.asarray(new["final_norm"]["scale"]), np.asarray(params["final_norm"]["scale"]))
+
+
+def test_learning_rate_groups():
+  mc, params = _model()
+  part = opt.Partition(new_token_start=START, frozen_layers=2, code_head=True, final_norm=True)
+  trainable = opt.split(params, mc, part)
+  labels = opt.group_labels(trainable)
+  assert labels["code_head"] == "rows" and labels["final_norm"]["scale"] == "layers"
+  tx, sched = opt.make_group_optimizer(trainable, {"rows": 2e-3, "layers": 1e-4}, 10, warmup_fraction=0.0,
+                                       grad_clip=0.0)
+  assert float(sched["rows"](0)) == pytest.approx(2e-3) and float(sched["layers"](0)) == pytest.approx(1e-4)
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  upd, _ = tx.update(grads, tx.init(trainable), trainable)
+  # The first Adam step moves every coordinate by lr (g / sqrt(g^2) = 1), each group by its own lr.
+  np.testing.assert_allclose(np.asarray(upd["code_head"]), -2e-3, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(upd["layers"]["up_proj"]["kernel"]), -1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="no learning rate"):
+    opt.make_group_optimizer(trainable, {"rows": 1e-3}, 10)
+
+
+@pytest.mark.parametrize("frozen,mode", [(1, "trie"), (3, "level"), (2, "full")])
+def test_cached_training_equals_uncached(frozen, mode, tmp_path):
+  mc, params = _model()
+  ex = _examples(12)
+  part = opt.Partition(new_token_start=START, frozen_layers=frozen, code_head=True, final_norm=True)
+  cache = fc.build(params, mc, ex, frozen_layers=frozen, directory=tmp_path / "cache", batch_size=5)
+  assert cache.kind == ("code_positions" if frozen == 3 else "layer_input")
+  trainable = opt.split(params, mc, part)
+  # Move the trainable parts away from the pretrained values, so the comparison is not at a special point.
+  leaves, treedef = jax.tree.flatten(trainable)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  trainable = jax.tree.unflatten(treedef, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  idx = np.array([1, 4, 5, 9, 11])
+  allowed = code_loss.trie_children_mask(ex.codes, ex.codes, K)
+  table = jnp.asarray(TABLE)
+
+  def value_and_grad(batch, cached):
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    if mode == "trie":
+      batch["allowed"] = jnp.asarray(allowed[np.sort(idx)])
+    fn = lambda t: ce.loss_fn(t, params, batch, config=mc, part=part, token_table=table, mode=mode,
+                              cached=cached)[0]
+    return jax.value_and_grad(fn)(trainable)
+
+  lc, gc = value_and_grad(cache.batch(idx), True)
+  lu, gu = value_and_grad(_slice(ex, np.sort(idx)), False)
+  assert float(lc) == pytest.approx(float(lu), abs=1e-5)
+  assert float(lc) > 0.1
+  for a, b in zip(jax.tree.leaves(gc), jax.tree.leaves(gu)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gc)) > 1e-3
+
+
+def test_cache_resumes_and_notices_changed_weights(tmp_path):
+  mc, params = _model()
+  ex = _examples(6)
+  a = fc.build(params, mc, ex, frozen_layers=2, directory=tmp_path, batch_size=4)
+  first = np.array(a.states)  # the file is rewritten below
+  assert a.seconds > 0 and (tmp_path / "states.npy").exists()
+  b = fc.build(params, mc, ex, frozen_layers=2, directory=tmp_path, batch_size=4)
+  assert b.seconds == 0 and isinstance(b.states, np.memmap)
+  np.testing.assert_array_equal(first, np.asarray(b.states))
+  changed = jax.tree.map(lambda x: x, params)
+  changed["layers"] = jax.tree.map(lambda x: x * 1.01, params["layers"])
+  c = fc.build(changed, mc, ex, frozen_layers=2, directory=tmp_path, batch_size=4)
+  assert c.seconds > 0 and np.abs(np.asarray(c.states) - first).max() > 0
+  assert fc.cache_nbytes(2555, 64, 576, 2, top_layers=True) == 2555 * 64 * 576 * 4
+
+
+def test_fit_from_cache_learns_and_exports_a_plain_llama():
+  mc, params = _model()
+  ex = _examples(16, seq_len=16)
+  part = opt.Partition(new_token_start=START, frozen_layers=2, code_head=True)
+  cache = fc.build(params, mc, ex, frozen_layers=2, batch_size=8)
+  cfg = ce.EngineConfig(epochs=25, batch_size=8, lr_rows=3e-2, lr_layers=3e-3, warmup_fraction=0.0)
+  trainable, hist = ce.fit(cache, params, mc, part, TABLE, cfg=cfg, log_every=10)
+  assert hist[-1]["loss"] < 0.5 * hist[0]["loss"] and hist[-1]["accuracy"] > 0.9
+  # The exported model (untied head) gives the engine's code logits through llama.forward.
+  new, new_cfg = opt.export(params, trainable, mc, part)
+  assert not new_cfg.tie_embeddings and new["lm_head"]["kernel"].shape == (64, 256)
+  np.testing.assert_array_equal(np.asarray(new["embed"]["embedding"]), np.asarray(params["embed"]["embedding"]))
+  logits, _ = llama.forward(new, new_cfg, jnp.asarray(ex.tokens), attention_mask=jnp.asarray(ex.attention_mask))
+  at = np.take_along_axis(np.asarray(logits), ex.code_pos[..., None], axis=1)        # [N, L, V]
+  engine = ce.code_logits(ce.code_hidden(trainable, params, mc, part, cache.batch(np.arange(16)), cached=True),
+                          trainable, params, mc, part, jnp.asarray(TABLE), "level")
+  np.testing.assert_allclose(np.stack([at[:, l, TABLE[l]] for l in range(L)], 1), np.asarray(engine), atol=1e-4)
+  with pytest.raises(ValueError, match="stale"):
+    ce.fit(cache, params, mc, opt.Partition(START, 2, input_rows=True), TABLE, cfg=cfg)

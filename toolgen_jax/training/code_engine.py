@@ -1,0 +1,167 @@
+"""The code engine: train only the trainable top (layers and/or code rows) on the code objective, from cached features.
+
+Pieces: `optimizer.Partition` / `split` say what trains (a small pytree; Adam moments for it only, learning-rate
+groups), `feature_cache` holds the frozen bottom's output, `code_loss` the objective. A step reads a cache batch,
+runs the top layers (if any) and the final norm, gathers the code-predicting positions, and scores them against
+the codes' output rows:
+
+  h_l = RMSNorm(top(x_n))[code_pos_l]          (x_n from the cache; top = layers [n, L))
+  loss = mean over codes of -log softmax_{k in C_l}(<h_l, w_k>)[c_l]     (code_loss: C_l = level / trie / vocab)
+
+`code_hidden(..., cached=False)` computes the same h from tokens with the full model (`llama.hidden_states` on the
+merged params): the reference the cached path must equal, and the path to use when the input rows train too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from toolgen_jax.models import llama
+from toolgen_jax.training import code_loss
+from toolgen_jax.training import feature_cache as fc
+from toolgen_jax.training import optimizer as opt_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Knobs of one engine run (the stage schedule is the caller's).
+
+  loss: code_loss.MODES ('level' | 'trie' | 'full'); lr_rows / lr_layers: peak learning rates of the added rows and
+  of the top layers + final norm; epochs over the cached examples; batch_size rows per step.
+  """
+  loss: str = "level"
+  lr_rows: float = 2e-3
+  lr_layers: float = 1e-4
+  epochs: float = 8.0
+  batch_size: int = 32
+  warmup_fraction: float = 0.05
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  seed: int = 0
+
+
+def _final_norm(params, trainable, config):
+  scale = trainable["final_norm"]["scale"] if "final_norm" in trainable else params["final_norm"]["scale"]
+  return lambda x: llama.rms_norm(x, scale, config.rms_norm_eps)
+
+
+def code_hidden(trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition, batch: Mapping[str, Any], *,
+                cached: bool) -> jax.Array:
+  """h [B, L, D]: final-normed hidden states at the code-predicting positions.
+
+  cached=True: batch has 'states' (a `FeatureCache.batch`), 'attention_mask', 'code_pos'; cached=False: 'tokens',
+  'attention_mask', 'code_pos' (a `CodeExamples` slice), through the full model.
+  """
+  pos = jnp.maximum(batch["code_pos"], 0)[..., None]
+  if not cached:
+    full = opt_lib.merge(params, trainable, config, part)
+    x, _ = llama.hidden_states(full, config, batch["tokens"], attention_mask=batch["attention_mask"],
+                               frozen_layers=part.frozen_layers)
+    return jnp.take_along_axis(x, pos, axis=1)
+  x = jnp.asarray(batch["states"]).astype(jnp.dtype(config.dtype))
+  if part.frozen_layers < config.num_layers:
+    x = fc.run_layers(trainable["layers"], config, x, batch["attention_mask"])
+    x = jnp.take_along_axis(x, pos, axis=1)
+  return _final_norm(params, trainable, config)(x)
+
+
+def code_logits(h: jax.Array, trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition,
+                token_table: jax.Array, mode: str) -> jax.Array:
+  """[B, L, K] level logits ('level'/'trie') or [B, L, V] vocabulary logits ('full': pretrained rows frozen)."""
+  start = part.new_token_start
+  if mode != "full":
+    return code_loss.level_logits(h, opt_lib.output_rows(params, trainable, config, part, token_table))
+  if config.tie_embeddings:
+    old = params["embed"]["embedding"][:start]
+  else:
+    old = params["lm_head"]["kernel"][:, :start].T
+  new = opt_lib.output_rows(params, trainable, config, part, jnp.arange(start, config.vocab_size))
+  rows = jnp.concatenate([jax.lax.stop_gradient(old), new], 0)
+  return jnp.einsum("bld,vd->blv", h, rows.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def loss_fn(trainable, params, batch, *, config: llama.LlamaConfig, part: opt_lib.Partition, token_table,
+            mode: str, cached: bool) -> tuple[jax.Array, dict]:
+  """Mean code NLL of a batch and its metrics (batch may carry 'allowed' [B, L, K] for mode 'trie')."""
+  h = code_hidden(trainable, params, config, part, batch, cached=cached)
+  logits = code_logits(h, trainable, params, config, part, token_table, mode)
+  total, aux = code_loss.code_loss_sums(logits, batch["codes"], mode=mode, allowed=batch.get("allowed"),
+                                        token_table=token_table)
+  n = jnp.maximum(aux["codes"], 1.0)
+  return total / n, {"accuracy": aux["correct"] / n, "codes": aux["codes"]}
+
+
+def make_step(config: llama.LlamaConfig, part: opt_lib.Partition, tx: optax.GradientTransformation, *,
+              mode: str = "level", cached: bool = True) -> Callable:
+  """jitted step(trainable, opt_state, params, token_table, batch) -> (trainable, opt_state, metrics)."""
+
+  @jax.jit
+  def step(trainable, opt_state, params, token_table, batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable, params, batch, config=config, part=part, token_table=token_table, mode=mode, cached=cached)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+
+  return step
+
+
+def steps_for(num_examples: int, cfg: EngineConfig) -> int:
+  return max(1, int(np.ceil(cfg.epochs * num_examples / cfg.batch_size)))
+
+
+def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+  """[steps, B] example indices: one seeded permutation per epoch, a pure function of (seed, step) like the input
+  pipeline's (every row of a batch is a real example; the last batch of an epoch borrows from the next)."""
+  need = steps * batch_size
+  epochs = -(-need // num_examples)
+  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(num_examples) for e in range(epochs)])
+  return stream[:need].reshape(steps, batch_size)
+
+
+def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib.Partition, token_table, *,
+        cfg: EngineConfig = EngineConfig(), trainable=None, allowed: np.ndarray | None = None,
+        log: Callable[[str], None] | None = None, log_every: int = 50) -> tuple[dict, list[dict]]:
+  """Trains the `part` of `params` on the cached examples; returns (trainable, per-step metrics).
+
+  token_table: [L, K] vocabulary ids of the codes; allowed: [N, L, K] trie children (`code_loss.trie_children_mask`)
+  for cfg.loss == 'trie'. The trained model is `optimizer.export(params, trainable, config, part)`.
+  """
+  if cache.frozen_layers != part.frozen_layers:
+    raise ValueError(f"the cache holds layer {cache.frozen_layers} states but the partition freezes "
+                     f"{part.frozen_layers} layers")
+  if part.input_rows:
+    raise ValueError("training the code tokens' input rows from cached features would leave the cache stale: use "
+                     "Partition(input_rows=False, code_head=True) (untied code rows)")
+  if cfg.loss == "trie" and allowed is None:
+    raise ValueError("cfg.loss='trie' needs allowed (code_loss.trie_children_mask)")
+  trainable = opt_lib.split(params, config, part) if trainable is None else trainable
+  steps = steps_for(len(cache), cfg)
+  tx, schedules = opt_lib.make_group_optimizer(
+      trainable, {"rows": cfg.lr_rows, "layers": cfg.lr_layers}, steps, warmup_fraction=cfg.warmup_fraction,
+      weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+  opt_state = tx.init(trainable)
+  step = make_step(config, part, tx, mode=cfg.loss, cached=True)
+  table = jnp.asarray(token_table)
+  order = batch_order(len(cache), cfg.batch_size, steps, cfg.seed)
+  history, t0 = [], time.perf_counter()
+  for s in range(steps):
+    batch = cache.batch(order[s])
+    if allowed is not None:
+      batch["allowed"] = allowed[np.sort(order[s])]
+    trainable, opt_state, m = step(trainable, opt_state, params, table, batch)
+    if (s + 1) % log_every == 0 or s + 1 == steps:
+      row = {"step": s + 1, **{k: float(v) for k, v in jax.device_get(m).items()},
+             "seconds": time.perf_counter() - t0}
+      history.append(row)
+      if log:
+        log(f"code engine step {s + 1}/{steps}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}")
+  return trainable, history

@@ -1,0 +1,239 @@
+"""Compute the frozen part once: hidden states at the first trainable layer, cached per training example.
+
+With the bottom n layers frozen, every epoch of the CPU recipe recomputes the same layer-n states of the same
+inputs (53% of a step's FLOPs at n = 24 of 30). Here they are computed once per run, stored in the workdir, and the
+trainable top is trained from them for as many epochs as wanted (`training/code_engine.py`).
+
+What is cached (per example, right-padded to T tokens):
+* n < num_layers ('layer_input'): x_n [T, D], the residual stream entering layer n at every position (the top
+  layers attend over all of them), plus the attention mask; the top layers, the final norm and the head run per step.
+* n = num_layers ('code_positions'): x_L [L, D] at the code-predicting positions only (before the final norm);
+  only the output rows (and the final norm) train.
+Both also keep `code_pos` [N, L] (the position whose output predicts code l: the token before it) and `codes` [N, L].
+
+Staleness: the prompt's tokens are all pretrained and frozen, but the position that predicts code l > 0 reads the
+input embedding of code l-1, an added row. Cached states stay exact only if those input rows do not change while
+training from the cache: the engine trains separate output rows for the codes instead (`optimizer.Partition` with
+code_head=True, input_rows=False: the code tokens' input and output roles are untied).
+
+Memory: N * T * D * itemsize bytes for 'layer_input' (SmolLM2, D = 576, T = 64, float32: 147 KiB per example, 377
+MB for the 2,555 BFCL tool documents) and N * L * D * itemsize for 'code_positions' (4.6 KiB per example at L = 2).
+`cache_nbytes` computes it; the arrays are .npy files read through memory maps, so RAM holds one batch plus the page
+cache. float16 storage halves it (values rounded; cached == uncached then holds to float16 precision only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toolgen_jax.models import llama
+
+KINDS = ("layer_input", "code_positions")
+STORE_DTYPES = ("float32", "float16")
+
+
+# ---- examples ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CodeExamples:
+  """Training examples as the code engine sees them (host arrays, right-padded).
+
+  tokens [N, T] int32: the prompt and the code tokens up to the last code (exclusive: its output predicts nothing
+  that is trained); attention_mask [N, T] int32; code_pos [N, L] int32: the position whose output predicts code l
+  (-1 padded); codes [N, L] int32 (-1 padded); truncated: how many examples lost their prompt's start.
+  """
+  tokens: np.ndarray
+  attention_mask: np.ndarray
+  code_pos: np.ndarray
+  codes: np.ndarray
+  truncated: int = 0
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+
+def code_examples(encoded: Sequence[np.ndarray], token_table: np.ndarray, seq_len: int,
+                  pad_id: int = 0) -> CodeExamples:
+  """Token id sequences (prompt + code tokens + anything after, e.g. `input_pipeline.encode_example(...)[0]`) ->
+  `CodeExamples`. The i-th code token found is code level i, looked up in `token_table` [L, K] (vocabulary id of
+  each (level, code)). Sequences longer than seq_len keep their last seq_len tokens (the input pipeline's rule)."""
+  token_table = np.asarray(token_table)
+  L = token_table.shape[0]
+  lookup = [{int(t): k for k, t in enumerate(row)} for row in token_table]
+  is_code = np.zeros(int(token_table.max()) + 1, bool)
+  is_code[token_table.ravel()] = True
+  n = len(encoded)
+  out = CodeExamples(tokens=np.full((n, seq_len), pad_id, np.int32), attention_mask=np.zeros((n, seq_len), np.int32),
+                     code_pos=np.full((n, L), -1, np.int32), codes=np.full((n, L), -1, np.int32))
+  for i, ids in enumerate(encoded):
+    ids = np.asarray(ids)
+    pos = np.flatnonzero(is_code[np.minimum(ids, len(is_code) - 1)] & (ids < len(is_code)))
+    if not 0 < len(pos) <= L or pos[0] == 0:
+      raise ValueError(f"example {i}: {len(pos)} code tokens (expected 1..{L} after a prompt)")
+    codes = [lookup[l].get(int(ids[p]), -1) for l, p in enumerate(pos)]
+    if min(codes) < 0:
+      raise ValueError(f"example {i}: code token ids {ids[pos].tolist()} do not follow the levels of token_table")
+    seq = ids[:pos[-1]]
+    cut = max(0, len(seq) - seq_len)
+    out.truncated += cut > 0
+    seq = seq[cut:]
+    out.tokens[i, :len(seq)] = seq
+    out.attention_mask[i, :len(seq)] = 1
+    out.code_pos[i, :len(pos)] = pos - 1 - cut
+    out.codes[i, :len(pos)] = codes
+    if out.code_pos[i, 0] < 0:
+      raise ValueError(f"example {i}: seq_len={seq_len} leaves no prompt before the first code")
+  return out
+
+
+# ---- the two halves of the forward pass ----------------------------------------------------------------------
+
+def attention_inputs(config: llama.LlamaConfig, attention_mask: jax.Array, dtype) -> tuple[tuple, jax.Array]:
+  """(rope tables, [B, T, T] bool mask) exactly as `llama.hidden_states` builds them for a cache-less pass."""
+  am = attention_mask.astype(bool)
+  T = am.shape[1]
+  positions = jnp.maximum(jnp.cumsum(am.astype(jnp.int32), axis=1) - 1, 0)
+  mask = jnp.tril(jnp.ones((T, T), bool))[None] & am[:, None, :]
+  mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+  return llama.rope_tables(positions, llama.rope_inv_freq(config), dtype), mask
+
+
+def run_layers(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """The residual stream after the stacked `layers` (a slice of params['layers']): x [B, T, D] -> [B, T, D].
+  The decoder block is the model's own (`llama._layer`), scanned as `llama.hidden_states` scans it."""
+  rope, mask = attention_inputs(config, attention_mask, x.dtype)
+
+  def body(x, lp):
+    return llama._layer(config, rope, x, lp, mask, None, None, None)[0], None  # pylint: disable=protected-access
+
+  body = llama._remat(body, config)  # pylint: disable=protected-access
+  return jax.lax.scan(body, x, layers)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "frozen_layers", "at_codes"))
+def frozen_states(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array,
+                  code_pos: jax.Array, *, frozen_layers: int, at_codes: bool) -> jax.Array:
+  """x_n: the embedding and layers [0, n) on tokens [B, T] -> [B, T, D], or [B, L, D] at code_pos if at_codes."""
+  x = llama.embed(params, config, tokens)
+  if frozen_layers:
+    x = run_layers(jax.tree.map(lambda a: a[:frozen_layers], params["layers"]), config, x, attention_mask)
+  if at_codes:
+    x = jnp.take_along_axis(x, jnp.maximum(code_pos, 0)[..., None], axis=1)
+  return x
+
+
+# ---- the cache on disk -----------------------------------------------------------------------------------------
+
+def cache_nbytes(num_examples: int, seq_len: int, hidden: int, num_levels: int, *, top_layers: bool,
+                 dtype: str = "float32") -> int:
+  """Bytes of the cached states (the mask, positions and codes add N * (T + 2L) * 4)."""
+  per = (seq_len if top_layers else num_levels) * hidden * np.dtype(dtype).itemsize
+  return int(num_examples) * per
+
+
+@dataclasses.dataclass
+class FeatureCache:
+  """Cached x_n of a set of `CodeExamples` (arrays may be read-only memory maps).
+
+  states: [N, T, D] ('layer_input') or [N, L, D] ('code_positions'); attention_mask [N, T]; code_pos, codes [N, L].
+  """
+  kind: str
+  frozen_layers: int
+  states: np.ndarray
+  attention_mask: np.ndarray
+  code_pos: np.ndarray
+  codes: np.ndarray
+  seconds: float = 0.0  # wall time of the pass that built it (0 when loaded)
+
+  def __len__(self) -> int:
+    return len(self.states)
+
+  def batch(self, idx: np.ndarray) -> dict:
+    """Host batch of examples idx [B] for the engine's step."""
+    idx = np.sort(np.asarray(idx))  # sorted reads from the memory map
+    return {"states": np.asarray(self.states[idx], np.float32), "attention_mask": self.attention_mask[idx],
+            "code_pos": self.code_pos[idx], "codes": self.codes[idx]}
+
+
+def fingerprint(params, config: llama.LlamaConfig, examples: CodeExamples, frozen_layers: int, dtype: str) -> str:
+  """A key that changes when the inputs of the cached computation do: examples, the frozen weights (sampled),
+  the model config, n and the storage dtype."""
+  h = hashlib.sha256()
+  for a in (examples.tokens, examples.attention_mask, examples.code_pos, examples.codes):
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(repr((config, frozen_layers, dtype)).encode())
+  frozen = [params["embed"]["embedding"]] + [a[:frozen_layers] for a in jax.tree.leaves(params["layers"])]
+  for a in frozen:
+    flat = np.asarray(a).reshape(-1)
+    h.update(np.ascontiguousarray(flat[::max(1, flat.size // 4096)], np.float32).tobytes())
+  return h.hexdigest()[:16]
+
+
+def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_layers: int,
+          directory: str | pathlib.Path | None = None, batch_size: int = 32, dtype: str = "float32",
+          log=None) -> FeatureCache:
+  """Runs the frozen bottom once over `examples` and stores x_n (see the module docstring).
+
+  directory: the workdir folder to write (e.g. WORKDIR/feature_cache/memorization); None keeps it in memory. A
+  complete cache with the same fingerprint there is loaded instead of recomputed (a resumed run pays nothing).
+  """
+  import time
+
+  if dtype not in STORE_DTYPES:
+    raise ValueError(f"feature cache dtype must be one of {STORE_DTYPES}, got {dtype!r}")
+  if not 0 <= frozen_layers <= config.num_layers:
+    raise ValueError(f"frozen_layers={frozen_layers} outside [0, {config.num_layers}]")
+  kind = "code_positions" if frozen_layers == config.num_layers else "layer_input"
+  at_codes = kind == "code_positions"
+  n, T = examples.tokens.shape
+  L = examples.codes.shape[1]
+  shape = (n, L if at_codes else T, config.hidden_size)
+  key = fingerprint(params, config, examples, frozen_layers, dtype)
+  meta = {"kind": kind, "frozen_layers": frozen_layers, "shape": list(shape), "dtype": dtype, "fingerprint": key}
+  d = None if directory is None else pathlib.Path(directory)
+  if d is not None and (d / "meta.json").exists():
+    old = json.loads((d / "meta.json").read_text())
+    if old.get("complete") and {k: old.get(k) for k in meta} == meta:
+      return FeatureCache(kind, frozen_layers, np.load(d / "states.npy", mmap_mode="r"),
+                          examples.attention_mask, examples.code_pos, examples.codes)
+  if d is not None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    states = np.lib.format.open_memmap(d / "states.npy", mode="w+", dtype=dtype, shape=shape)
+  else:
+    states = np.zeros(shape, dtype)
+  t0 = time.perf_counter()
+  # Batches of similar length share a padded width (multiples of 8), so short documents are not run at T; the
+  # positions past a row's end stay zero (padding is never attended to).
+  lengths = examples.attention_mask.sum(1)
+  order = np.argsort(lengths, kind="stable")
+  for s in range(0, n, batch_size):
+    idx = order[s:s + batch_size]
+    width = min(T, int(-(-lengths[idx].max() // 8) * 8))  # right padding: later positions never matter
+    pad = batch_size - len(idx)  # keep one compiled shape per width
+    take = np.concatenate([idx, np.repeat(idx[:1], pad)])
+    x = frozen_states(params, config, jnp.asarray(examples.tokens[take, :width]),
+                      jnp.asarray(examples.attention_mask[take, :width]), jnp.asarray(examples.code_pos[take]),
+                      frozen_layers=frozen_layers, at_codes=at_codes)
+    x = np.asarray(x[:len(idx)], np.float32).astype(dtype)
+    if at_codes:
+      states[idx] = x
+    else:
+      states[idx, :width] = x
+    if log and (s // batch_size) % 20 == 0:
+      log(f"feature cache: {s + len(idx)}/{n} examples")
+  seconds = time.perf_counter() - t0
+  if d is not None:
+    states.flush()
+    (d / "meta.json").write_text(json.dumps({**meta, "complete": True, "seconds": round(seconds, 2)}))
+  return FeatureCache(kind, frozen_layers, states, examples.attention_mask, examples.code_pos, examples.codes,
+                      seconds=seconds)
