@@ -5,22 +5,22 @@ the failure is an `error` the agent shows the model (ToolBench's `{"error": ...,
 
 Safety (issue #8): the caller (the agent loop) has already checked the tool name against the allowed candidates and
 the arguments against the schema; executors add their own limits. Callables run with a wall-clock timeout; the REST
-executor refuses hosts outside an allow-list (default loopback only), follows no redirects, ignores proxy settings,
-and stops reading past a size limit or deadline; the replay executor touches no network at all. Nothing here ever
-evaluates model text as code.
+executor refuses hosts outside an allow-list (default loopback only) on the same parse of the URL it connects to,
+follows no redirects, uses no proxy, and stops at a size limit or one wall-clock deadline per call; the replay
+executor touches no network at all. Nothing here ever evaluates model text as code.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import http.client
 import json
 import pathlib
+import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from toolgen_jax.data import _common as _data_common
@@ -111,22 +111,26 @@ class CallableExecutor:
 # --- REST -----------------------------------------------------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-
-  def redirect_request(self, req, fp, code, msg, headers, newurl):  # a redirect could leave the allow-list
-    return None
-
-
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _segment(value: Any) -> str:
+  """One URL path segment: everything but unreserved characters %-escaped (a '/' cannot add a segment), and the
+  dot segments '.' and '..' escaped too, so a tool named '..' cannot climb out of a template's path."""
+  q = urllib.parse.quote(str(value), safe="")
+  return q.replace(".", "%2E") if q in (".", "..") else q
 
 
 class RestExecutor:
   """Calls `url_for(tool)` over HTTP: GET/DELETE with the arguments as query parameters, other methods with a JSON body.
 
-  `url_for` is a callable or a format string over `tool_name`, `api_name`, `name`, `category` (URL-quoted), e.g.
-  "http://127.0.0.1:8080/{tool_name}/{api_name}". Only `http`/`https` URLs whose host is in `allowed_hosts` are
-  called; redirects are not followed; `timeout_s` bounds the whole call (connect + every read); a body over
-  `max_response_bytes` is an error, not a truncation, so a misbehaving endpoint cannot flood the prompt.
+  `url_for` is a callable or a format string over `tool_name`, `api_name`, `name`, `category` (each one quoted
+  path segment), e.g. "http://127.0.0.1:8080/{tool_name}/{api_name}". The URL is parsed once and that one parse
+  is both checked and connected to: only `http`/`https`, a host in `allowed_hosts`, no user-info ('user@host'),
+  no '.'/'..' path segments. Redirects are not followed and no proxy is used. `timeout_s` is one wall-clock
+  deadline for the whole call (connect, request, status line, headers, body): a server that drips bytes is cut
+  off when it passes, not when one read stalls. A body over `max_response_bytes` is an error, not a truncation,
+  so a misbehaving endpoint cannot flood the prompt. Every failure is an error observation; nothing raises.
   """
 
   def __init__(self, url_for: str | Callable[[Tool], str], *, allowed_hosts: Sequence[str] = ("127.0.0.1",),
@@ -137,67 +141,109 @@ class RestExecutor:
     self.timeout_s, self.max_response_bytes = float(timeout_s), int(max_response_bytes)
     self.headers = {"Accept": "application/json", **(headers or {})}
     self.default_method = default_method.upper()
-    self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
   def url(self, tool: Tool) -> str:
     if callable(self._url_for):
       return self._url_for(tool)
-    q = lambda s: urllib.parse.quote(str(s), safe="")
-    return self._url_for.format(tool_name=q(tool.tool_name), api_name=q(tool.api_name), name=q(tool.name),
-                                category=q(tool.category))
+    return self._url_for.format(tool_name=_segment(tool.tool_name), api_name=_segment(tool.api_name),
+                                name=_segment(tool.name), category=_segment(tool.category))
 
-  def check_url(self, url: str) -> str | None:
-    """Why `url` may not be called, or None."""
-    parts = urllib.parse.urlsplit(url)
+  def _split(self, url: Any) -> tuple[urllib.parse.SplitResult | None, str | None]:
+    """(the one parse of `url`, None) when it may be called, else (None, why not)."""
+    if not isinstance(url, str):
+      return None, f"the URL must be text, got {type(url).__name__}"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+      return None, "control characters or spaces in the URL"
+    try:
+      parts = urllib.parse.urlsplit(url)
+      parts.port  # pylint: disable=pointless-statement  (raises ValueError for a port that is not a number)
+    except ValueError as e:
+      return None, f"malformed URL ({e})"
     if parts.scheme not in ("http", "https"):
-      return f"scheme '{parts.scheme}' is not allowed (http/https only)"
-    if (parts.hostname or "").lower() not in self.allowed_hosts:
-      return f"host '{parts.hostname}' is not in the allow-list {sorted(self.allowed_hosts)}"
-    return None
+      return None, f"scheme '{parts.scheme}' is not allowed (http/https only)"
+    if "@" in parts.netloc:
+      return None, "user-info ('user@host') is not allowed in the URL"
+    host = (parts.hostname or "").lower()
+    if host not in self.allowed_hosts:
+      return None, f"host '{parts.hostname}' is not in the allow-list {sorted(self.allowed_hosts)}"
+    if any(seg in (".", "..") for seg in parts.path.split("/")):
+      return None, "'.' or '..' path segments are not allowed"
+    return parts, None
+
+  def check_url(self, url: Any) -> str | None:
+    """Why `url` may not be called, or None."""
+    return self._split(url)[1]
 
   def __call__(self, tool: Tool, arguments: Mapping[str, Any]) -> ExecutionResult:
+    try:
+      return self._call(tool, arguments)
+    except Exception as e:  # the contract: an error observation, never an exception out of the executor
+      return ExecutionResult(error=f"cannot call '{tool.name}': {type(e).__name__}: {e}")
+
+  def _call(self, tool: Tool, arguments: Mapping[str, Any]) -> ExecutionResult:
     try:
       url = self.url(tool)
     except Exception as e:
       return ExecutionResult(error=f"cannot build the URL for tool '{tool.name}': {e}")
-    refused = self.check_url(url)
+    parts, refused = self._split(url)
     if refused:
-      return ExecutionResult(error=f"refused to call {url}: {refused}")
+      return ExecutionResult(error=f"refused to call {str(url)[:200]}: {refused}")
     method = (tool.method or self.default_method).upper()
     if method not in _METHODS:
       return ExecutionResult(error=f"HTTP method '{method}' is not allowed")
-    args = {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
-    data, headers = None, dict(self.headers)
+    target = parts.path or "/"
+    query = parts.query
+    body, headers = None, dict(self.headers)
     if method in ("GET", "DELETE"):
+      args = {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
       if args:
-        url += ("&" if urllib.parse.urlsplit(url).query else "?") + urllib.parse.urlencode(args)
+        query = (query + "&" if query else "") + urllib.parse.urlencode(args)
     else:
-      data = json.dumps(dict(arguments), ensure_ascii=False).encode()
+      body = json.dumps(dict(arguments)).encode()  # ASCII escapes: any str encodes
       headers["Content-Type"] = "application/json"
+    if query:
+      target += "?" + query
     deadline = time.monotonic() + self.timeout_s
+    timed_out = threading.Event()
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=self.timeout_s)
+
+    def expire():  # the one deadline: shut the socket under whatever read or write is blocked on it
+      timed_out.set()
+      sock = conn.sock
+      if sock is not None:
+        try:
+          sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+          pass
+
+    timer = threading.Timer(self.timeout_s, expire)
+    timer.daemon = True
+    timer.start()
     try:
-      with self._opener.open(urllib.request.Request(url, data=data, headers=headers, method=method),
-                             timeout=self.timeout_s) as resp:
-        body = self._read(resp, deadline)
-        status = resp.status
-    except urllib.error.HTTPError as e:
-      try:
-        detail = self._read(e, deadline)[:512].decode("utf-8", "replace")
-      except Exception:
-        detail = ""
-      return ExecutionResult(error=f"HTTP {e.code} from {tool.name}: {detail or e.reason}")
+      conn.request(method, target, body=body, headers=headers)
+      resp = conn.getresponse()
+      status = resp.status
+      data = self._read(resp, deadline)
     except _TooLarge:
       return ExecutionResult(error=f"response of '{tool.name}' exceeds max_response_bytes={self.max_response_bytes}")
-    except (TimeoutError, _Deadline):
+    except (_Deadline, TimeoutError):
       return ExecutionResult(error=f"tool '{tool.name}' timed out after {self.timeout_s:g}s")
-    except urllib.error.URLError as e:
-      reason = "timed out" if isinstance(e.reason, TimeoutError) else str(e.reason)
-      return ExecutionResult(error=f"cannot reach '{tool.name}': {reason}")
-    except OSError as e:
-      return ExecutionResult(error=f"cannot reach '{tool.name}': {e}")
+    except (OSError, http.client.HTTPException) as e:
+      if timed_out.is_set():
+        return ExecutionResult(error=f"tool '{tool.name}' timed out after {self.timeout_s:g}s")
+      return ExecutionResult(error=f"cannot reach '{tool.name}': {e or type(e).__name__}")
+    finally:
+      timer.cancel()
+      conn.close()
+    if timed_out.is_set():
+      return ExecutionResult(error=f"tool '{tool.name}' timed out after {self.timeout_s:g}s")
+    if status >= 400:
+      detail = data[:512].decode("utf-8", "replace")
+      return ExecutionResult(error=f"HTTP {status} from {tool.name}: {detail or resp.reason}")
     if status >= 300:  # redirects are not followed
       return ExecutionResult(error=f"HTTP {status} from {tool.name} (redirects are not followed)")
-    return ExecutionResult(body.decode("utf-8", "replace"))
+    return ExecutionResult(data.decode("utf-8", "replace"))
 
   def _read(self, resp, deadline: float) -> bytes:
     chunks, total = [], 0

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import time
 from typing import Any, Callable, Sequence
 
-from toolgen_jax import prompts as fmt
+from toolgen_jax.agent import format as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.executors import ExecutionResult, Executor
 from toolgen_jax.agent.policy import Policy, ToolChoice
@@ -83,7 +84,11 @@ def decide(history: Sequence[Message], policy: Policy, corpus: ToolCorpus, *, ca
   def ok(c: ToolChoice) -> bool:
     if c.tool is None:
       return allow_finish
-    return 0 <= c.tool < len(corpus) and (allowed is None or c.tool in allowed)
+    try:
+      tid = operator.index(c.tool)  # an int (NumPy's too); anything else is not a tool id
+    except TypeError:
+      return False
+    return 0 <= tid < len(corpus) and (allowed is None or tid in allowed)
 
   choice = next((c for c in ranked if ok(c)), None)
   if choice is None:
@@ -99,6 +104,9 @@ def decide(history: Sequence[Message], policy: Policy, corpus: ToolCorpus, *, ca
   except schema_lib.ArgumentError as e:
     return Decision(thought, ranked, tool, text, None, kind="invalid_arguments",
                     error=f"invalid arguments for {tool.name}: {e}")
+  except Exception as e:  # a check that fails is a refusal the model sees, never a crash of the episode
+    return Decision(thought, ranked, tool, text if isinstance(text, str) else "", None, kind="invalid_arguments",
+                    error=f"invalid arguments for {tool.name}: cannot be checked ({type(e).__name__})")
   return Decision(thought, ranked, tool, text, args, kind="finish" if choice.tool is None else "call")
 
 

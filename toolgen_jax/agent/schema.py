@@ -9,6 +9,11 @@ Sources write types loosely (ToolBench: `STRING`, `NUMBER`, `ENUM`, `DATE (YYYY-
 `tuple`, `any`), so `normalize_schema` maps them onto JSON-schema types first; an unknown type name constrains nothing
 rather than rejecting every value.
 
+Limits (issue #17): Action Input is refused, as an ArgumentError, past MAX_ARGUMENT_CHARS characters or
+MAX_ARGUMENT_DEPTH levels of nesting, with an integer literal over MAX_NUMBER_DIGITS digits, a non-finite number
+(NaN, Infinity, 1e999) at any depth, a duplicate key at any depth, or a lone surrogate in any string. The schema
+check is jsonschema's over the whole value (nested objects reject undeclared keys too), after the string coercions.
+
 `constrained_arguments` builds the argument object key by key from the schema (a skeleton the model only fills in), so
 the result always parses and always has the required keys with values of the right JSON type; the model supplies the
 values through an `ArgumentFiller` (choices scored by the model, free text cut at the closing quote).
@@ -47,6 +52,12 @@ FINISH_SCHEMA = {
 }
 
 
+MAX_ARGUMENT_CHARS = 65_536  # Action Input text (and the total string length of an arguments object)
+MAX_ARGUMENT_DEPTH = 32      # nesting of lists/objects in Action Input and in a tool's parameter schema
+MAX_NUMBER_DIGITS = 1_000    # an integer literal or numeric string longer than this is not a number we pass on
+_MAX_MESSAGE_CHARS = 200     # one validation message (jsonschema quotes the offending value)
+
+
 class ArgumentError(ValueError):
   """Action Input that cannot be used: not JSON, not an object, or not fitting the schema."""
 
@@ -75,7 +86,23 @@ def normalize_schema(parameters: Mapping[str, Any] | None) -> dict:
     return {"type": "object", "properties": {}, "required": []}
   if not isinstance(parameters, Mapping):
     raise TypeError(f"tool parameters must be a JSON object schema, got {type(parameters).__name__}")
+  if _too_deep(parameters, 2 * MAX_ARGUMENT_DEPTH + 2):  # a schema level is 'properties' + the property
+    raise TypeError(f"tool parameters nest deeper than {2 * MAX_ARGUMENT_DEPTH + 2} levels")
   return _normalize(parameters, top=True)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+  """Whether `value` nests lists/objects deeper than `limit` (iterative: safe on any depth)."""
+  stack = [(value, 1)]
+  while stack:
+    v, d = stack.pop()
+    children = v.values() if isinstance(v, Mapping) else v if isinstance(v, (list, tuple)) else None
+    if children is None:
+      continue
+    if d > limit:
+      return True
+    stack.extend((c, d + 1) for c in children)
+  return False
 
 
 def _normalize(s: Mapping[str, Any], top: bool = False) -> dict:
@@ -122,16 +149,103 @@ def _fits(v: Any, t: str) -> bool:
           "null": lambda: v is None}.get(t, lambda: True)()
 
 
-def parse_arguments(text: str | None) -> dict:
-  """Action Input text -> dict. Empty text means no arguments (as ToolBench's server treats it)."""
-  if text is None or not text.strip():
-    return {}
+class _Refused(Exception):
+  pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+  out = {}
+  for k, v in pairs:
+    if k in out:
+      raise _Refused(f"duplicate key {k[:40]!r}")
+    out[k] = v
+  return out
+
+
+def _finite_float(s: str) -> float:
+  f = float(s)
+  if not math.isfinite(f):
+    raise _Refused(f"number {s[:40]} is out of range")
+  return f
+
+
+def _bounded_int(s: str) -> int:
+  if len(s.lstrip("-")) > MAX_NUMBER_DIGITS:
+    raise _Refused(f"integer literal of {len(s)} digits (at most {MAX_NUMBER_DIGITS})")
+  return int(s)
+
+
+def _no_constant(s: str) -> None:
+  raise _Refused(f"{s} is not a JSON number")
+
+
+def check_limits(value: Any) -> list[str]:
+  """Problems of a parsed arguments value that no schema should have to state: nesting past MAX_ARGUMENT_DEPTH,
+  non-finite numbers, lone surrogates, total string length past MAX_ARGUMENT_CHARS. Iterative, at any depth."""
+  errors: list[str] = []
+  chars = 0
+  stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+  while stack and len(errors) < 5:
+    v, where, depth = stack.pop()
+    at = f"'{where}': " if where else ""
+    if isinstance(v, (dict, list)):
+      if depth >= MAX_ARGUMENT_DEPTH:
+        errors.append(f"{at}nested deeper than {MAX_ARGUMENT_DEPTH} levels")
+        continue
+      items = v.items() if isinstance(v, dict) else enumerate(v)
+      for k, c in items:
+        if isinstance(k, str):
+          chars += len(k)
+          if not _encodable(k):
+            errors.append(f"{at}key with a lone surrogate (not valid Unicode)")
+        stack.append((c, f"{where}/{k}" if where else str(k), depth + 1))
+    elif isinstance(v, float) and not math.isfinite(v):
+      errors.append(f"{at}non-finite number")
+    elif isinstance(v, str):
+      chars += len(v)
+      if not _encodable(v):
+        errors.append(f"{at}lone surrogate in a string (not valid Unicode)")
+    if chars > MAX_ARGUMENT_CHARS:
+      errors.append(f"arguments hold more than {MAX_ARGUMENT_CHARS} characters of text")
+      break
+  return errors
+
+
+def _encodable(s: str) -> bool:
   try:
-    value = json.loads(text)
+    s.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def parse_arguments(text: Any) -> dict:
+  """Action Input text -> dict. Empty text means no arguments (as ToolBench's server treats it). Every refusal
+  (not JSON, not an object, one of the limits in the module docstring) is an ArgumentError, never another error."""
+  if text is None:
+    return {}
+  if not isinstance(text, str):
+    raise ArgumentError([f"Action Input must be text, got {type(text).__name__}"])
+  if not text.strip():
+    return {}
+  if len(text) > MAX_ARGUMENT_CHARS:
+    raise ArgumentError([f"Action Input is {len(text)} characters long (at most {MAX_ARGUMENT_CHARS})"])
+  if not _encodable(text):
+    raise ArgumentError(["Action Input holds a lone surrogate (not valid Unicode)"])
+  try:
+    value = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite_float, parse_int=_bounded_int,
+                       parse_constant=_no_constant)
   except json.JSONDecodeError as e:
     raise ArgumentError([f"Action Input is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"]) from None
+  except _Refused as e:
+    raise ArgumentError([f"Action Input refused: {e}"]) from None
+  except RecursionError:
+    raise ArgumentError([f"Action Input is nested deeper than {MAX_ARGUMENT_DEPTH} levels"]) from None
   if not isinstance(value, dict):
     raise ArgumentError([f"Action Input must be a JSON object, got {type(value).__name__}"])
+  errors = check_limits(value)
+  if errors:
+    raise ArgumentError(errors)
   return value
 
 
@@ -139,13 +253,15 @@ def _coerce(value: Any, schema: Mapping[str, Any]) -> Any:
   """Strings that spell a number/boolean are accepted for number/integer/boolean fields (RapidAPI passes every
   argument as a query string, so ToolBench's gold calls write "5" for NUMBER)."""
   t = schema.get("type")
-  if isinstance(value, str) and isinstance(t, str):
+  if isinstance(value, str) and isinstance(t, str) and len(value) <= MAX_NUMBER_DIGITS + 2:
     s = value.strip()
     if t == "integer" and re.fullmatch(r"[-+]?\d+", s):
       return int(s)
     if t == "number" and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
       f = float(s)
-      return int(f) if f.is_integer() and re.fullmatch(r"[-+]?\d+", s) else f
+      if not math.isfinite(f):  # "1e999": left a string, so the type check names it
+        return value
+      return int(s) if re.fullmatch(r"[-+]?\d+", s) else f
     if t == "boolean" and s.lower() in ("true", "false"):
       return s.lower() == "true"
   if isinstance(value, dict) and isinstance(schema.get("properties"), Mapping):
@@ -156,38 +272,70 @@ def _coerce(value: Any, schema: Mapping[str, Any]) -> Any:
   return value
 
 
+def _closed(schema: Mapping[str, Any]) -> dict:
+  """`schema` with `additionalProperties: False` on every object level that declares properties and says nothing
+  itself (recursively through properties and items), so a hallucinated key is refused at any depth."""
+  out = dict(schema)
+  if isinstance(out.get("properties"), Mapping):
+    out["properties"] = {k: _closed(v) if isinstance(v, Mapping) else v for k, v in out["properties"].items()}
+    out.setdefault("additionalProperties", False)
+  if isinstance(out.get("items"), Mapping):
+    out["items"] = _closed(out["items"])
+  return out
+
+
+# JSON numbers are finite: NaN and infinities fail `type: number` at any depth.
+_TYPES = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+    "number", lambda checker, v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+_Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=_TYPES)
+
+
+def _message(e: jsonschema.ValidationError, value: Any, schema: Mapping[str, Any]) -> str:
+  where = "/".join(map(str, e.path))
+  if e.validator == "additionalProperties":
+    inst, sch = e.instance, e.schema
+    extra = sorted(set(inst) - set(sch.get("properties", {}))) if isinstance(inst, dict) else []
+    msg = f"unknown argument(s) {extra}; allowed: {sorted(sch.get('properties', {}))}" if extra else e.message
+  elif e.validator == "required":
+    msg = f"missing required argument {e.message.split(' is a required')[0]}"
+  else:
+    msg = e.message
+  if len(msg) > _MAX_MESSAGE_CHARS:
+    msg = msg[:_MAX_MESSAGE_CHARS] + "..."
+  return f"'{where}': {msg}" if where else msg
+
+
 def validate_arguments(args: Mapping[str, Any], schema: Mapping[str, Any], *, coerce_strings: bool = True,
                        allow_extra: bool = False) -> tuple[dict, list[str]]:
   """Checks `args` against a normalized schema. Returns (args, coerced when `coerce_strings`; error messages).
 
-  `allow_extra=False` rejects keys the schema does not declare (a hallucinated parameter is an error the model should
-  see, not something passed on to an API); an explicit `additionalProperties` in the schema wins.
+  `allow_extra=False` rejects keys the schema does not declare, at every object level (a hallucinated parameter is
+  an error the model should see, not something passed on to an API); an explicit `additionalProperties` in the
+  schema wins. The limits of `check_limits` apply before the schema is consulted.
   """
-  schema = dict(schema)
-  if not allow_extra and "additionalProperties" not in schema:
-    schema["additionalProperties"] = False
+  if not isinstance(args, Mapping):
+    return {}, [f"arguments must be a JSON object, got {type(args).__name__}"]
+  errors = check_limits(dict(args))
+  if errors:
+    return dict(args), errors
+  schema = dict(schema) if allow_extra else _closed(schema)
   value = _coerce(copy.deepcopy(dict(args)), schema) if coerce_strings else dict(args)
-  errors = []
-  for e in sorted(jsonschema.Draft7Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.path))):
-    where = "/".join(map(str, e.path))
-    if e.validator == "additionalProperties":
-      extra = sorted(set(value) - set(schema.get("properties", {}))) if not e.path else []
-      msg = f"unknown argument(s) {extra}; allowed: {sorted(schema.get('properties', {}))}" if extra else e.message
-    elif e.validator == "required":
-      msg = f"missing required argument {e.message.split(' is a required')[0]}"
-    else:
-      msg = e.message
-    errors.append(f"'{where}': {msg}" if where else msg)
-  for k, v in value.items():
-    if isinstance(v, float) and not math.isfinite(v):
-      errors.append(f"'{k}': non-finite number")
-  return value, errors
+  try:
+    found = sorted(_Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.path)))
+  except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType, TypeError, ValueError) as e:
+    return value, [f"the tool's parameter schema cannot be checked: {str(e)[:_MAX_MESSAGE_CHARS]}"]
+  return value, [_message(e, value, schema) for e in found]
 
 
-def check_arguments(text: str | None, parameters: Mapping[str, Any] | None, **kw) -> dict:
-  """Action Input text -> validated (coerced) arguments; raises ArgumentError listing every problem."""
+def check_arguments(text: Any, parameters: Mapping[str, Any] | None, **kw) -> dict:
+  """Action Input text -> validated (coerced) arguments; raises ArgumentError listing every problem (a tool whose
+  parameter schema is unusable too: the model sees that as an error observation)."""
   args = parse_arguments(text)
-  value, errors = validate_arguments(args, normalize_schema(parameters), **kw)
+  try:
+    schema = normalize_schema(parameters)
+  except (TypeError, ValueError, RecursionError) as e:
+    raise ArgumentError([f"the tool's parameter schema is unusable: {e}"]) from None
+  value, errors = validate_arguments(args, schema, **kw)
   if errors:
     raise ArgumentError(errors)
   return value

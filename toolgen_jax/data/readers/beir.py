@@ -105,7 +105,8 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
     if parsed is None:
       report.count("corpus_text_unstructured", f"_id {did}")
       title = rec.get("title") or did
-      tool = Tool(id=-1, tool_name=title if isinstance(title, str) else json.dumps(title), api_name=did, description=text.strip(), source=SOURCE,
+      tool = Tool(id=-1, tool_name=title if isinstance(title, str) else json.dumps(title), api_name=did,
+                  description=text.strip(), source=SOURCE,
                   extra={"corpus_id": did})
     else:
       tool = Tool(id=-1, tool_name=parsed["tool_name"], api_name=parsed["api_name"], category=parsed["category"],
