@@ -1,7 +1,11 @@
 """Bounded concurrent load test of `python -m toolgen_jax.serve` on 127.0.0.1.
 
   python benchmarks/serve_load.py --workdir=demo --requests=400 --concurrency=8
-  python benchmarks/serve_load.py --workdir=workdirs/agent --tools=workdir --requests=24 --concurrency=4
+  python benchmarks/serve_load.py --workdir=workdirs/agent --tools=workdir --requests=16 --concurrency=4 --compare
+
+--compare runs the same requests against the previous server too (the standard-library ThreadingHTTPServer with one
+lock around the model, as of commit d69ba91, read with `git show` and its imports pointed at today's modules), then
+against today's (Starlette/uvicorn with the batching engine), and reports both and their throughput ratio.
 
 --tools=demo sends two made-up tools with short questions (the model-free demo backend knows neither: its add_tools
 path). --tools=workdir builds each request from the trained workdir's own data: a query of its dataset with its
@@ -26,6 +30,7 @@ import platform
 import queue
 import subprocess
 import sys
+import tempfile
 
 # `python benchmarks/x.py` puts benchmarks/ first on sys.path, where benchmarks/tokenizers.py would shadow the
 # `tokenizers` package: drop that folder, put the repo root first.
@@ -59,9 +64,27 @@ def post(port: int, raw: bytes, timeout: float) -> tuple[int, dict]:
     conn.close()
 
 
-def start_server(workdir: str, max_body_bytes: int) -> tuple[subprocess.Popen, int]:
+LEGACY_COMMIT = "d69ba91"
+
+
+def legacy_server_file() -> pathlib.Path:
+  """The previous server (`toolgen_jax/serve.py` at LEGACY_COMMIT) as a script, imports updated to today's
+  modules (the Finish/prompt helpers moved to `toolgen_jax.prompts`, `load_backend` to `agent.loader`)."""
+  src = subprocess.run(["git", "show", f"{LEGACY_COMMIT}:toolgen_jax/serve.py"], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout
+  src = src.replace("from toolgen_jax.agent import format as fmt", "from toolgen_jax import prompts as fmt")
+  src = src.replace("from toolgen_jax.agent.backend import Backend, UnknownToolsError, load_backend, resolve_tools",
+                    "from toolgen_jax.agent.backend import Backend, UnknownToolsError, resolve_tools\n"
+                    "from toolgen_jax.agent.loader import load_backend")
+  path = pathlib.Path(tempfile.mkdtemp()) / "legacy_serve.py"
+  path.write_text(src)
+  return path
+
+
+def start_server(workdir: str, max_body_bytes: int, legacy: bool = False) -> tuple[subprocess.Popen, int]:
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen([sys.executable, "-m", "toolgen_jax.serve", f"--workdir={workdir}", "--host=127.0.0.1",
+  entry = [str(legacy_server_file())] if legacy else ["-m", "toolgen_jax.serve"]
+  proc = subprocess.Popen([sys.executable, *entry, f"--workdir={workdir}", "--host=127.0.0.1",
                            "--port=0", f"--max_body_bytes={max_body_bytes}"], stdout=subprocess.PIPE, text=True,
                           env=env, cwd=ROOT)
   line = proc.stdout.readline()  # "serving NAME on http://127.0.0.1:PORT/v1/chat/completions"
@@ -117,8 +140,22 @@ def main() -> None:
   ap.add_argument("--max_body_bytes", type=int, default=2**20)
   ap.add_argument("--tools", choices=("demo", "workdir"), default="demo")
   ap.add_argument("--tools_per_request", type=int, default=4)
+  ap.add_argument("--compare", action="store_true", help="also run the previous server first, same requests")
   a = ap.parse_args()
-  proc, port = start_server(a.workdir, a.max_body_bytes)
+  results = {}
+  for name in (("legacy", "new") if a.compare else ("new",)):
+    results[name] = run(a, legacy=name == "legacy")
+  out = dict(results["new"])
+  if a.compare:
+    out = {"legacy": results["legacy"], "new": results["new"],
+           "throughput_ratio": round(results["new"]["throughput_rps"] / max(results["legacy"]["throughput_rps"],
+                                                                            1e-9), 2),
+           "p50_ratio": round(results["legacy"]["p50_ms"] / max(results["new"]["p50_ms"], 1e-9), 2)}
+  print(json.dumps(out))
+
+
+def run(a, legacy: bool = False) -> dict:
+  proc, port = start_server(a.workdir, a.max_body_bytes, legacy)
   try:
     work: queue.Queue = queue.Queue()
     if a.tools == "workdir":
@@ -190,10 +227,11 @@ def main() -> None:
         "alive_after": alive and proc.poll() is None, "first_failures": failures[:3],
         "machine": f"{platform.machine()} nproc={os.cpu_count()}",
     }
-    print(f"served {served}/{a.requests} at concurrency {a.concurrency}: p50 {result['p50_ms']} ms, "
+    result["server"] = "legacy" if legacy else "new"
+    print(f"[{result['server']}] served {served}/{a.requests} at concurrency {a.concurrency}: p50 {result['p50_ms']} ms, "
           f"p99 {result['p99_ms']} ms, {result['throughput_rps']} req/s; malformed -> {bad_json_status}, "
-          f"oversized -> {big_status}; alive after: {result['alive_after']}")
-    print(json.dumps(result))
+          f"oversized -> {big_status}; alive after: {result['alive_after']}", file=sys.stderr)
+    return result
   finally:
     proc.terminate()
     proc.wait(timeout=10)

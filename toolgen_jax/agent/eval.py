@@ -82,51 +82,60 @@ def remap(trajectories: Iterable[Trajectory], source: ToolCorpus, target: ToolCo
 
 
 def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCorpus, *, setting: str = "gt_tools",
-             k: int = 5, think: bool = False, arguments: bool = True, log=None) -> dict:
+             k: int = 5, think: bool = False, arguments: bool = True, batch_size: int = 8, log=None) -> dict:
   """Replays every assistant step. `think=False` teacher-forces the gold thought (ToolBench's are mostly empty);
-  True asks the policy for its own. Returns {'overall': ..., 'by_group': {...}, 'skipped_unresolved': n}."""
+  True asks the policy for its own. Steps are decided `batch_size` at a time through the policy's batched calls
+  (`think_batch`, `choose_tool_batch`: one prefill and one constrained search per batch for a model policy), so the
+  figures are those of one step at a time, computed together. Returns {'overall': ..., 'by_group': {...},
+  'skipped_unresolved': n}."""
   if setting not in ("gt_tools", "all"):
     raise ValueError(f"setting must be gt_tools|all, got {setting!r}")
-  totals: dict[str, _Counts] = defaultdict(_Counts)
+  steps = []  # (trajectory, step index, gold message, history, candidates)
   skipped = 0
   for traj in trajectories:
     candidates = list(traj.tools) if setting == "gt_tools" else None
-    allowed = None if candidates is None else set(candidates)
     messages, n = fmt.known_steps(traj.messages)  # the history training saw: unknown-action steps left out
     skipped += n
-    for i, m in enumerate(messages):
-      if m.role != "assistant":
-        continue
-      is_finish = m.action is None
-      history: tuple[Message, ...] = messages[:i]
-      thought = policy.think(history) if think else (m.thought or "")
-      ranked = policy.choose_tool(history, thought, candidates, k=k, allow_finish=True)
-      top = ranked[0].tool if ranked else -1
-      for c in (totals["overall"], totals[_group(traj)]):
-        c.steps += 1
-        c.correct += top == m.action
-        c.in_top_k += any(r.tool == m.action for r in ranked[:k])
-        c.refused += top is not None and (top < 0 or top >= len(corpus) or (allowed is not None and top not in allowed))
-        if is_finish:
-          c.finish_steps += 1
-          c.finish_correct += top is None
-        else:
-          c.call_steps += 1
-          c.call_correct += top == m.action
-      if log is not None:
-        log(f"{traj.id} step {i}: gold {'Finish' if is_finish else m.action} top {top}")
-      if arguments and not is_finish:
-        tool = corpus[m.action]
-        text = policy.arguments(history, thought, tool)
-        got, gold = _canonical(text, tool.parameters), _canonical(m.action_input, tool.parameters)
-        for c in (totals["overall"], totals[_group(traj)]):
-          c.args_steps += 1
-          c.args_valid += got is not None
-          c.args_exact += got is not None and got == gold
-          c.gold_args_valid += gold is not None
+    steps += [(traj, i, m, messages[:i], candidates) for i, m in enumerate(messages) if m.role == "assistant"]
+  totals: dict[str, _Counts] = defaultdict(_Counts)
+  for start in range(0, len(steps), max(batch_size, 1)):
+    batch = steps[start:start + max(batch_size, 1)]
+    thoughts = (policy.think_batch([h for _, _, _, h, _ in batch]) if think
+                else [m.thought or "" for _, _, m, _, _ in batch])
+    rankings = policy.choose_tool_batch([(h, t, c, True) for (_, _, _, h, c), t in zip(batch, thoughts)], k=k)
+    for (traj, i, m, history, candidates), thought, ranked in zip(batch, thoughts, rankings):
+      _score_step(totals, policy, corpus, traj, i, m, history, thought, ranked, candidates, k, arguments, log)
   return {"setting": setting, "k": k, "overall": totals["overall"].summary(),
           "by_group": {g: c.summary() for g, c in sorted(totals.items()) if g != "overall"},
           "skipped_unresolved": skipped, "trajectories": len(trajectories)}
+
+
+def _score_step(totals, policy, corpus, traj, i, m, history, thought, ranked, candidates, k, arguments, log):
+  is_finish = m.action is None
+  allowed = None if candidates is None else set(candidates)
+  top = ranked[0].tool if ranked else -1
+  for c in (totals["overall"], totals[_group(traj)]):
+    c.steps += 1
+    c.correct += top == m.action
+    c.in_top_k += any(r.tool == m.action for r in ranked[:k])
+    c.refused += top is not None and (top < 0 or top >= len(corpus) or (allowed is not None and top not in allowed))
+    if is_finish:
+      c.finish_steps += 1
+      c.finish_correct += top is None
+    else:
+      c.call_steps += 1
+      c.call_correct += top == m.action
+  if log is not None:
+    log(f"{traj.id} step {i}: gold {'Finish' if is_finish else m.action} top {top}")
+  if arguments and not is_finish:
+    tool = corpus[m.action]
+    text = policy.arguments(history, thought, tool)
+    got, gold = _canonical(text, tool.parameters), _canonical(m.action_input, tool.parameters)
+    for c in (totals["overall"], totals[_group(traj)]):
+      c.args_steps += 1
+      c.args_valid += got is not None
+      c.args_exact += got is not None and got == gold
+      c.gold_args_valid += gold is not None
 
 
 def trained_trajectory_ids(workdir) -> set[str]:
@@ -152,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   help="also score the Action Input for the gold tool (the same for both settings)")
   ap.add_argument("--pad_multiple", type=int, default=128,
                   help="trained workdir: prompts are left-padded to a multiple of this (fewer compiled shapes)")
+  ap.add_argument("--batch_size", type=int, default=8, help="steps decided together (one prefill and search each)")
   ap.add_argument("--groups", default="", help="comma-separated trajectory groups to score (e.g. I3); '' = all")
   ap.add_argument("--subset", default="all", choices=("all", "trained", "heldout"),
                   help="with a trained workdir: only the trajectories its trajectory stage trained on (training-set "
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     trajs, unresolved = remap(trajs, corpus, backend.corpus)
     policy, corpus, name = backend.policy, backend.corpus, backend.name
   t0 = time.perf_counter()
-  out = evaluate(policy, trajs, corpus, setting=a.setting, k=a.k, arguments=a.arguments,
+  out = evaluate(policy, trajs, corpus, setting=a.setting, k=a.k, arguments=a.arguments, batch_size=a.batch_size,
                  log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", file=sys.stderr, flush=True))
   out["seconds"] = round(time.perf_counter() - t0, 1)
   out |= {"policy": name, "data": a.data, "actions_unknown_to_model": unresolved, "groups": sorted(groups),

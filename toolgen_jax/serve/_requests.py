@@ -6,6 +6,7 @@ it, and request tool schemas must pass JSON Schema's own meta-schema.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Annotated, Any, Literal, Mapping, Sequence
@@ -199,22 +200,39 @@ def validate(body: Any, *, max_tools: int, max_messages: int) -> ChatRequest:
 
 def check_tool_schema(i: int, params: Mapping) -> None:
   """A request tool's `parameters` must be a valid JSON Schema (its meta-schema, regex patterns included) of an
-  object; `enum: []` (which no value satisfies) is refused too."""
-  where = f"tools[{i}].function.parameters"
-  if params.get("type", "object") != "object":
-    raise RequestError(400, f"{where} must be a JSON-schema object (type 'object')")
-  cls = validators.validator_for(params, default=jsonschema.Draft202012Validator)
+  object; `enum: []` (which no value satisfies) is refused too. The meta-schema check costs milliseconds and clients
+  send the same tools with every request: verdicts are cached by the schema's text."""
+  problem = _schema_problem(json.dumps(params, sort_keys=True))
+  if problem is not None:
+    raise RequestError(400, f"tools[{i}].function.parameters{problem}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _schema_problem(text: str) -> str | None:
   try:
+    _check_schema(json.loads(text))
+  except RequestError as e:
+    return e.message
+  return None
+
+
+def _check_schema(params: Mapping) -> None:
+  if params.get("type", "object") != "object":
+    raise RequestError(400, " must be a JSON-schema object (type 'object')")
+  try:
+    cls = validators.validator_for(params, default=jsonschema.Draft202012Validator)
     cls.check_schema(params)
+  except (TypeError, ValueError, RecursionError) as e:  # e.g. an unhashable "$schema"
+    raise RequestError(400, f" is not a valid JSON schema: {type(e).__name__}") from None
   except jsonschema.SchemaError as e:
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
-    raise RequestError(400, f"{where}{path} is not a valid JSON schema: {e.message[:200]}") from None
+    raise RequestError(400, f"{path} is not a valid JSON schema: {e.message[:200]}") from None
   stack = [(params, "")]
   while stack:
     s, path = stack.pop()
     if isinstance(s, dict):
       if "enum" in s and isinstance(s["enum"], list) and not s["enum"]:
-        raise RequestError(400, f"{where}{path}.enum is empty: no value could be valid")
+        raise RequestError(400, f"{path}.enum is empty: no value could be valid")
       stack.extend((v, f"{path}.{k}") for k, v in s.items())
     elif isinstance(s, list):
       stack.extend((v, f"{path}[{j}]") for j, v in enumerate(s))
