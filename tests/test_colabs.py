@@ -7,6 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # notebooks
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -11,6 +11,8 @@ from toolgen_jax import assets
 from toolgen_jax.data import load_source
 from toolgen_jax.data.readers import bfcl
 
+pytestmark = pytest.mark.slow  # real data: ../shared/data and the BFCL release
+
 
 @pytest.fixture(scope="module")
 def stb(shared_data):

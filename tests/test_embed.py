@@ -37,6 +37,7 @@ def minilm():
   return embed.load_encoder("minilm")
 
 
+@pytest.mark.slow
 def test_minilm_parity_with_transformers(minilm):
   ours = embed.encode_texts(TEXTS, minilm, batch_size=4)
   ref = _torch_reference(assets.minilm_dir(), TEXTS)
@@ -46,6 +47,7 @@ def test_minilm_parity_with_transformers(minilm):
   np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_order_and_batching_do_not_change_embeddings(minilm):
   a = embed.encode_texts(TEXTS, minilm, batch_size=64)
   b = embed.encode_texts(TEXTS[::-1], minilm, batch_size=3)[::-1]

@@ -30,6 +30,7 @@ def _extended_model(architecture, tied):
   return params, config, tok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture,tied", [("llama", False), ("qwen2", True)])
 def test_transformers_loads_export_with_our_logits(tmp_path, architecture, tied):
   params, config, tok = _extended_model(architecture, tied)

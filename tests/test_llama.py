@@ -216,6 +216,7 @@ def test_presets_and_hf_config_roundtrip():
     llama.LlamaConfig.from_hf_config({"model_type": "mistral", "architectures": ["MistralForCausalLM"]})
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_parity_and_greedy():
   """The real embedded checkpoint: our GGUF loader + forward vs transformers' GGUF loader + PyTorch."""
   config, params = _model_refs.smollm2_ours()

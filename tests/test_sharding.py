@@ -126,6 +126,7 @@ def multi_device(tmp_path_factory):
   return json.loads(line[len("RESULT "):]), out_dir
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device_within_1e5(multi_device):
   res, out_dir = multi_device
   ref = res["(1, 1, 1)_1"]
@@ -144,6 +145,7 @@ def test_meshes_match_one_device_within_1e5(multi_device):
   assert res["(2, 4, 1)_1"]["q_shard"] == [2, 16, 4, 16]
 
 
+@pytest.mark.slow
 def test_aot_llama3_8b_fsdp8_fits_a_32gb_chip(multi_device):
   res, _ = multi_device
   rep, n = res["aot8"], res["num_params"]
@@ -196,6 +198,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_hosts_load_their_own_rows_and_match_one_host():
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
   env.pop("XLA_FLAGS", None)

@@ -146,6 +146,7 @@ def _curve(path):
   return [last[s] for s in sorted(last)]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reaches_the_uninterrupted_params_and_curve(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
