@@ -1,4 +1,4 @@
-"""RQ-VAE tool tokenizer with a collaborative (graph Laplacian) loss and Sinkhorn-balanced codes (ToolWeaver).
+"""RQ-VAE tool tokenizer with a collaborative (graph) loss and Sinkhorn-balanced codes (ToolWeaver).
 
 Model (ToolWeaver section 3.2, after LC-Rec/TIGER): an MLP encoder maps a tool embedding x to a latent z = E(x);
 L residual codebooks quantise it,
@@ -9,16 +9,28 @@ L residual codebooks quantise it,
 and is trained on
 
     L = ||x - x_hat||^2 + (1/L) sum_l ( ||sg(r_{l-1}) - e^l||^2 + beta ||r_{l-1} - sg(e^l)||^2 )  (recon + RQ loss)
-        + lambda * L_collab,     L_collab = sum_{(u,v) in E} A_uv ||z_u - z_v||^2                  (ToolWeaver Eq. 5)
+        + lambda * L_collab
 
-The collaborative term pulls tools that are used together (co-occurrence graph A from the training queries) close in
-latent space so that they share code prefixes. Per step it is estimated on a uniform minibatch of edges as the mean
-of A_uv ||z_u - z_v||^2 (the sum over E divided by |E|, A scaled to mean 1), so that lambda does not scale with the
-graph size, and by default divided by the mean ||z_a - z_b||^2 of random pairs (`collab_normalization`): the raw
-term has a trivial minimiser (all latents shrink to a point: with lambda = 0.1 on ToolBench-G3 95% of the tools got
-one code), the ratio does not. Inputs are standardised with frozen corpus statistics (`normalize_input`).
-ToolWeaver's paper reports lambda = 1 (sweep 0.01..10); its released code applies the term to the quantised vectors
-of each batch with weight 0.001 (see `PAPER_LAMBDA`, `CODE_LAMBDA`). We apply it to the latent z, as the paper writes.
+with one of two collaborative terms (`RQVAEConfig.collab_form`):
+
+  "paper"  ToolWeaver Eq. 6, L_collab = sum_uv A_uv ||z^_u - z^_v||^2 on the *quantised* representations, computed
+           as the released code does (Fwibo/ToolWeaver `index/models/vq.py`): per level l, z^ = e^l_{c_l} (the
+           level's code vector, so the gradient reaches the codebooks, not the encoder), summed over the ordered
+           in-batch pairs (u, v) and divided by B^2, then averaged over levels (the released RQ loss is a mean over
+           levels). A is the normalised co-occurrence adjacency (`collab_adjacency`, from
+           `config.data.cooccurrence_normalization`: sym = D^-1/2 C D^-1/2, row = D^-1 C, none = C, as
+           `data.cooccurrence.Cooccurrence.adjacency`). Batches are drawn without replacement (a shuffled loader).
+  "latent_contrast"  our variant, not the paper's form: the pull acts on the encoder latent z, on a uniform
+           minibatch of edges, as the mean of A_uv ||z_u - z_v||^2 with A = raw counts scaled to mean 1, and by
+           default divided by the mean ||z_a - z_b||^2 of random pairs of the batch (`collab_normalization`,
+           no stop-gradient, so it also pushes random pairs apart). The raw latent term has a trivial minimiser
+           (all latents shrink to a point: with lambda = 0.1 on ToolBench-G3 95% of the tools got one code); the
+           ratio does not. It is what the README demo and the default config use.
+
+The co-occurrence graph comes from the training split only (`data.dataset.fit_cooccurrence`). Inputs are
+standardised with frozen statistics of the tool embeddings (`normalize_input`): those are tool documents, which
+every method sees, not query data. ToolWeaver's paper reports lambda = 1 (sweep 0.01..10); its released code uses
+weight 0.001 (see `PAPER_LAMBDA`, `CODE_LAMBDA`).
 
 Codes are balanced with log-domain Sinkhorn-Knopp (epsilon 0.01, 50 iterations, on centred distances, as the
 released code) at every level during training and for the final assignment; codebooks are k-means initialised
@@ -57,7 +69,9 @@ class RQVAEConfig:
   sinkhorn_iters: int = 50
   sinkhorn_absorb_every: int = 25     # stabilised-scaling block length (sinkhorn.py); 0 = pure log domain
   collab_lambda: float = 0.0          # PAPER_LAMBDA or CODE_LAMBDA; 0 disables the collaborative loss
-  collab_normalization: str = "random_pairs"  # "random_pairs": divide by E||z_a - z_b||^2 over random pairs; "none"
+  collab_form: str = "latent_contrast"  # "paper": Eq. 6 on quantised vectors | "latent_contrast": our latent variant
+  collab_adjacency: str = "sym"       # paper form: A = sym D^-1/2 C D^-1/2 | row D^-1 C | none C (data config)
+  collab_normalization: str = "random_pairs"  # latent_contrast: "random_pairs" divides by E||z_a - z_b||^2; "none"
   learning_rate: float = 1e-3
   weight_decay: float = 0.0
   batch_size: int = 1024
@@ -175,11 +189,59 @@ def init(config: RQVAEConfig, x: jax.Array, key: jax.Array | None = None) -> RQV
   return RQVAEState(params, opt_state, jnp.int32(0), jnp.zeros((config.num_levels, k), jnp.int32))
 
 
-def loss_fn(config: RQVAEConfig, params, x, edges=None, edge_weights=None, in_dim=None):
+def directed_adjacency(edges: np.ndarray, counts: np.ndarray, num_tools: int, normalization: str = "sym"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """A_uv for every ordered pair of an undirected edge list: ([2E, 2] int32 (u, v), [2E] float32 A_uv).
+
+  edges [E, 2] with counts C_uv [E] (`Cooccurrence.edges()`, u < v); D_u = sum_v C_uv. 'sym': C / sqrt(D_u D_v),
+  'row': C / D_u (asymmetric, hence both directions), 'none': C -- `Cooccurrence.adjacency` on the same graph.
+  """
+  e = np.asarray(edges, np.int64).reshape(-1, 2)
+  c = np.asarray(counts, np.float64).reshape(-1)
+  deg = np.zeros((num_tools,), np.float64)
+  np.add.at(deg, e[:, 0], c)
+  np.add.at(deg, e[:, 1], c)
+  pairs = np.concatenate([e, e[:, ::-1]], 0)
+  cc = np.concatenate([c, c])
+  du, dv = deg[pairs[:, 0]], deg[pairs[:, 1]]
+  if normalization == "sym":
+    a = cc / np.sqrt(du * dv)
+  elif normalization == "row":
+    a = cc / du
+  elif normalization == "none":
+    a = cc
+  else:
+    raise ValueError(f"unknown adjacency normalization {normalization!r}: use 'sym', 'row' or 'none'")
+  return pairs.astype(np.int32), a.astype(np.float32)
+
+
+def collab_loss_quantized(codebooks: jax.Array, codes: jax.Array, batch_ids: jax.Array, pairs: jax.Array,
+                          weights: jax.Array, num_tools: int) -> jax.Array:
+  """ToolWeaver Eq. 6 as released: (1/L) sum_l (1/B^2) sum_{u, v in batch} A_uv ||e^l_{c_l(u)} - e^l_{c_l(v)}||^2.
+
+  codebooks [L, K, e]; codes [B, L] of the batch tools batch_ids [B] (distinct tool ids); pairs [P, 2] ordered
+  (u, v) tool-id pairs with A_uv = weights [P] (`directed_adjacency`). Only pairs with both ends in the batch count,
+  so the sum equals the dense in-batch A[batch][:, batch] one without building a [B, B] matrix.
+  """
+  b = batch_ids.shape[0]
+  pos = jnp.full((num_tools,), -1, jnp.int32).at[batch_ids].set(jnp.arange(b, dtype=jnp.int32))
+  pu, pv = pos[pairs[:, 0]], pos[pairs[:, 1]]
+  w = jnp.where((pu >= 0) & (pv >= 0), weights, 0.0)
+  pu, pv = jnp.maximum(pu, 0), jnp.maximum(pv, 0)
+  per_level = []
+  for level in range(codebooks.shape[0]):
+    q = codebooks[level][codes[:, level]]                                   # [B, e] quantised vectors z^
+    per_level.append(jnp.sum(w * jnp.sum((q[pu] - q[pv]) ** 2, -1)) / (b * b))
+  return jnp.mean(jnp.stack(per_level))
+
+
+def loss_fn(config: RQVAEConfig, params, x, edges=None, edge_weights=None, in_dim=None, batch_ids=None,
+            num_tools=None):
   """Total loss and metrics for a batch x [B, D] (raw embeddings).
 
-  edges: None or the pair (x_u [E, D], x_v [E, D]) of a minibatch of co-occurrence edges, edge_weights [E]
-  (A_uv, scaled to mean 1 by `train`).
+  latent_contrast form: edges None or the pair (x_u [E, D], x_v [E, D]) of a minibatch of co-occurrence edges,
+  edge_weights [E] (raw counts scaled to mean 1 by `train`). paper form: edges [P, 2] ordered tool-id pairs with
+  A_uv = edge_weights [P], batch_ids [B] the distinct tool ids of x, num_tools N.
   """
   enc, dec = _modules(config, x.shape[-1] if in_dim is None else in_dim)
   x = normalize_input(params, x)
@@ -189,10 +251,15 @@ def loss_fn(config: RQVAEConfig, params, x, edges=None, edge_weights=None, in_di
   recon = jnp.mean((x_hat - x) ** 2)
   total = recon + config.quant_loss_weight * rq_loss
   collab = jnp.float32(0.0)
-  if edges is not None:
+  if edges is not None and config.collab_form == "paper":
+    collab = collab_loss_quantized(params["codebooks"], codes, batch_ids, edges, edge_weights, num_tools)  # Eq. 6
+    total = total + config.collab_lambda * collab
+  elif edges is not None:
+    if config.collab_form != "latent_contrast":
+      raise ValueError(f"unknown collab_form {config.collab_form!r}: use 'paper' or 'latent_contrast'")
     zu = enc.apply({"params": params["encoder"]}, normalize_input(params, edges[0]))
     zv = enc.apply({"params": params["encoder"]}, normalize_input(params, edges[1]))
-    collab = jnp.mean(edge_weights * jnp.sum((zu - zv) ** 2, -1))  # Eq. 5, per-edge mean
+    collab = jnp.mean(edge_weights * jnp.sum((zu - zv) ** 2, -1))  # latent variant: per-edge mean
     if config.collab_normalization == "random_pairs":
       # Scale-free form: the raw term is minimised by shrinking every latent towards one point (all tools one code),
       # so it is measured relative to the spread of random pairs (z of the batch against its roll).
@@ -209,7 +276,8 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
                 key: jax.Array, num_steps: int | None = None) -> tuple[RQVAEState, dict]:
   """`num_steps` (default `dead_code_every`) optimizer steps (lax.scan), then restart of codes unused in them.
 
-  x [N, D] all tool embeddings; edges [E, 2] int32 (E may be 0), edge_weights [E].
+  x [N, D] all tool embeddings; edges [E, 2] int32 (E may be 0), edge_weights [E] (paper form: ordered pairs and
+  A_uv from `directed_adjacency`).
   """
   n = x.shape[0]
   opt = _optimizer(config)
@@ -218,6 +286,11 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
 
   def step(state, key):
     kb, ke = jax.random.split(key)
+    if use_edges and config.collab_form == "paper":
+      ids = jax.random.permutation(kb, n)[:b]  # distinct tools, as a shuffled loader's batch
+      loss = lambda p: loss_fn(config, p, x[ids], edges, edge_weights, batch_ids=ids, num_tools=n)
+      grads, m = jax.grad(loss, has_aux=True)(state.params)
+      return _apply(state, grads, m)
     xb = x[jax.random.randint(kb, (b,), 0, n)]
     if use_edges:
       ei = jax.random.randint(ke, (config.edge_batch_size,), 0, edges.shape[0])
@@ -226,6 +299,9 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
     else:
       eb, ew = None, None
     grads, m = jax.grad(lambda p: loss_fn(config, p, xb, eb, ew), has_aux=True)(state.params)
+    return _apply(state, grads, m)
+
+  def _apply(state, grads, m):
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     usage = state.usage + jax.vmap(lambda c: jnp.bincount(c, length=config.codebook_size), 1)(m.pop("codes"))
@@ -252,7 +328,8 @@ def train_block(config: RQVAEConfig, state: RQVAEState, x: jax.Array, edges: jax
 def train(config: RQVAEConfig, x: np.ndarray, edges: np.ndarray | None = None,
           edge_weights: np.ndarray | None = None, *, log_every: int = 0, progress: bool = False,
           state: RQVAEState | None = None) -> tuple[RQVAEState, list[dict]]:
-  """Trains an RQ-VAE on tool embeddings x [N, D] (and a co-occurrence edge list [E, 2] with weights [E]).
+  """Trains an RQ-VAE on tool embeddings x [N, D] (and a co-occurrence edge list [E, 2] with counts C_uv [E], u < v,
+  as `Cooccurrence.edges()` gives; the paper form normalises them into A with `collab_adjacency`).
 
   Deterministic given `config.seed`. Returns the final state and per-block metrics (host floats).
   """
@@ -269,7 +346,11 @@ def train(config: RQVAEConfig, x: np.ndarray, edges: np.ndarray | None = None,
     if int(edges_a.max()) >= x.shape[0] or int(edges_a.min()) < 0:
       raise ValueError(f"rqvae: edge endpoints must be tool ids in [0, {x.shape[0]})")
     w = np.ones((len(edges),), np.float32) if edge_weights is None else np.asarray(edge_weights, np.float32)
-    w = jnp.asarray(w / max(float(w.mean()), 1e-12))  # A_uv scaled to mean 1: lambda independent of count units
+    if config.collab_form == "paper":  # Eq. 6's A over ordered pairs, normalised as the data config says
+      pairs, a = directed_adjacency(np.asarray(edges_a), w, x.shape[0], config.collab_adjacency)
+      edges_a, w = jnp.asarray(pairs), jnp.asarray(a)
+    else:
+      w = jnp.asarray(w / max(float(w.mean()), 1e-12))  # latent variant: counts scaled to mean 1
   if state is None:
     state = init(config, x, k_init)
   every = max(config.dead_code_every, 1) if config.dead_code_every > 0 else max(config.steps, 1)
