@@ -2,14 +2,15 @@
 
     cb = codebook.build(config.codebook, embeddings, tool_names, cooccurrence=graph, encoder_info=enc_info)
     cb.codes            # [N, L] int32, -1 padded (variable length: suffix level, hierarchical/semantic codes)
-    cb.tokens()         # new vocabulary entries '<T{level}_{code}>' (or '<A_{id}>' for atomic) in a fixed order
-    cb.token_members()  # token -> active tool ids using it (code-token embedding init averages their embeddings)
     cb.codes[cb.active] # what the trie is built from: retired tools can never be generated
     cb.add_tools(embeddings=new_x)   # Toolscaler Algorithm 1: frozen encoder + quantiser, collisions reported
     cb.remove_tools([3, 17])
     cb.add_finish(embeddings=finish_x)  # agent tuning: the Finish action as one more code sequence (cb.finish_id)
     cb.tool_rows()      # active rows that are tools of the corpus (Finish excluded): what retrieval decodes
     cb.save(workdir / "codebook"); codebook.load(workdir / "codebook")
+
+The codebook holds codes only; the tokens the LLM spells them with are `toolgen_jax.code_vocab`'s (the one owner of
+the code -> token mapping).
 
 Codes are never reassigned once the artifact exists (a trained model depends on them): `add_tools` only moves
 *new* tools away from occupied codes, and retired tools keep their codes reserved.
@@ -40,14 +41,6 @@ FINISH_NAME = "Finish"
 METHODS = ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic")
 TOKEN_KINDS = {"rqvae": "codes", "residual_kmeans": "codes", "numerical": "codes", "hierarchical": "codes",
                "atomic": "atomic", "semantic": "vocab"}
-
-
-def code_token(level: int, code: int) -> str:
-  return f"<T{level}_{code}>"
-
-
-def atomic_token(tool: int) -> str:
-  return f"<A_{tool}>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,51 +150,12 @@ class Codebook:
       self._lookup, self._lookup_rev = table, (self.revision, self.num_tools)
     return table.get(key)
 
-  def tokens(self) -> list[str]:
-    """New vocabulary entries in a fixed order: level-major codes, or one per tool (atomic); [] for 'vocab'."""
-    if self.token_kind == "atomic":
-      return [atomic_token(i) for i in range(self.num_tools)]
-    if self.token_kind == "vocab":
-      return []
-    return [code_token(l, c) for l, k in enumerate(self.level_sizes) for c in range(k)]
-
-  def token_index(self, level: int, code: int) -> int:
-    """Position of a code's token in `tokens()` (offset into the extended vocabulary)."""
-    if self.token_kind == "atomic":
-      return int(code)
-    return int(sum(self.level_sizes[:level]) + code)
-
-  def tool_tokens(self, tool: int) -> list[str]:
-    """The token strings the LLM generates for one tool (vocab ids as strings for 'semantic')."""
-    c = self.code_of(tool)
-    if self.token_kind == "atomic":
-      return [atomic_token(c[0])]
-    if self.token_kind == "vocab":
-      return [str(x) for x in c]
-    return [code_token(l, x) for l, x in enumerate(c)]
-
   def members(self, level: int, code: int, active_only: bool = True) -> np.ndarray:
     """Tool ids whose code at `level` is `code` (the tools a code token stands for)."""
     m = self.codes[:, level] == code
     if active_only:
       m &= self.active
     return np.nonzero(m)[0]
-
-  def token_members(self, active_only: bool = True) -> dict[str, np.ndarray]:
-    """token string -> tool ids assigned to it, for every token used by at least one tool."""
-    out: dict[str, np.ndarray] = {}
-    mask = self.active if active_only else np.ones(self.num_tools, bool)
-    for level in range(self.num_levels):
-      col = self.codes[:, level]
-      ok = (col >= 0) & mask
-      ids = np.nonzero(ok)[0]
-      order = np.argsort(col[ids], kind="stable")
-      ids, vals = ids[order], col[ids][order]
-      for v, grp in zip(*_split_runs(vals, ids)):
-        tok = atomic_token(v) if self.token_kind == "atomic" else (str(v) if self.token_kind == "vocab"
-                                                                   else code_token(level, v))
-        out[tok] = grp
-    return out
 
   # --- lifecycle -------------------------------------------------------------------------------------------
   def remove_tools(self, ids: Sequence[int]) -> None:
@@ -379,13 +333,6 @@ def _json_default(o):
   if isinstance(o, (np.ndarray, tuple)):
     return list(o)
   raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _split_runs(vals: np.ndarray, ids: np.ndarray):
-  if len(vals) == 0:
-    return [], []
-  cuts = np.nonzero(np.diff(vals))[0] + 1
-  return [int(v[0]) for v in np.split(vals, cuts)], np.split(ids, cuts)
 
 
 def load(directory: str | os.PathLike) -> Codebook:
