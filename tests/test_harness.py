@@ -40,10 +40,10 @@ QUERIES = [
 
 
 def test_oracle_is_perfect():
-  res = harness.evaluate(Oracle(), QUERIES, group_pools={"I2": (3, 4)})
+  res = harness.evaluate(Oracle(), QUERIES, group_pools=harness.pools_by_group(QUERIES))
   for setting in harness.SETTINGS:
     cell = res[setting]["all"]["all"]
-    assert cell["n"] == 3
+    assert cell["n"] == (2 if setting == "candidates" else 3)  # q3 has no candidate list of its own
     assert cell["ndcg@1"] == cell["ndcg@5"] == cell["recall@5"] == 1.0
   assert res["skipped"]["no_relevant"] == 1
 
@@ -51,13 +51,13 @@ def test_oracle_is_perfect():
 def test_fixed_ranking_by_hand():
   order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
   r = Fixed(order)
-  res = harness.evaluate(r, QUERIES, ks=(1, 3, 5), settings=("multi-domain", "in-domain"))
+  res = harness.evaluate(r, QUERIES, ks=(1, 3, 5), settings=("multi-domain", "candidates"))
   # multi-domain: top-5 = 9 8 7 6 5, no relevant tool for anyone.
   md = res["multi-domain"]
   assert md["all"]["all"]["ndcg@5"] == 0.0 and md["all"]["all"]["n"] == 3
   assert set(md["test"]) == {"all", "I1", "I2"} and set(md) == {"all", "test"}
-  # in-domain: q1 pool (0,5,6) -> [6,5,0]: relevant at rank 3; q2 pool (1,2,7) -> [7,2,1]; q3 has no pool: skipped.
-  ind = res["in-domain"]["test"]["I1"]
+  # candidates: q1 pool (0,5,6) -> [6,5,0]: relevant at rank 3; q2 pool (1,2,7) -> [7,2,1]; q3 has none: skipped.
+  ind = res["candidates"]["test"]["I1"]
   assert ind["n"] == 2
   d3 = 1 / math.log2(4)
   q1 = d3 / 1.0
@@ -65,8 +65,8 @@ def test_fixed_ranking_by_hand():
   assert ind["ndcg@3"] == pytest.approx((q1 + q2) / 2)
   assert ind["ndcg@1"] == 0.0
   assert ind["recall@5"] == 1.0
-  assert res["skipped"]["in-domain/no_candidates"] == 1
-  assert "I2" not in res["in-domain"]["test"]
+  assert res["skipped"]["candidates/no_candidates"] == 1
+  assert "I2" not in res["candidates"]["test"]
   # depth defaults to the largest cut-off, and the peers' variant is reported next to ours.
   assert r.calls[0][1] == 5
   # Every relevant tool is within the retrieved depth here, so the two NDCG variants agree.
@@ -82,6 +82,45 @@ def test_group_pools_and_depth():
   assert res["in-domain"]["test"]["I2"]["recall@1"] == 0.0
   assert res["in-domain"]["test"]["I2"]["recall@7"] == 1.0
   assert "multi-domain" not in res
+  assert res["skipped"]["in-domain/no_candidates"] == 2  # group I1 has no pool here
+  assert res["config"]["in_domain_pools"] == "given"
+
+
+def test_in_domain_pools_equal_the_groups_tools():
+  """The papers' in-domain pool of a query is every tool of its group (I1/I2/I3): the union of the group's
+  candidate lists and relevant tools over all its queries, not the query's own api_list."""
+  qs = [Query("a", "x", (0,), group="I1", split="train", candidates=(0, 1, 2)),
+        Query("b", "x", (3,), group="I1", split="test", candidates=(3, 4)),
+        Query("c", "x", (5, 9), group="I2", split="test", candidates=(5, 6)),
+        Query("d", "x", (7,), group="I3", split="test")]
+  pools = harness.pools_by_group(qs)
+  assert pools == {"I1": (0, 1, 2, 3, 4), "I2": (5, 6, 9), "I3": (7,)}
+  ref = {g: sorted({t for q in qs if q.group == g for t in q.relevant + (q.candidates or ())}) for g in pools}
+  assert {g: list(p) for g, p in pools.items()} == ref
+  assert harness.candidate_pools(qs, "in-domain", pools) == [pools["I1"], pools["I1"], pools["I2"], pools["I3"]]
+  assert harness.candidate_pools(qs, "candidates") == [(0, 1, 2), (3, 4), (5, 6), False]
+  r = Fixed([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+  res = harness.evaluate(r, qs, settings=("in-domain", "candidates"), group_pools=pools, return_rankings=True)
+  assert res["rankings"]["in-domain"]["b"] == [4, 3, 2, 1, 0]      # the whole I1 pool, training query's tools too
+  assert res["rankings"]["candidates"]["b"] == [4, 3]
+  assert res["config"]["settings"]["in-domain"].startswith("the papers' in-domain")
+  # Without pools the harness builds them from the evaluated queries (outside pool_exclude) and says so.
+  own = harness.evaluate(r, qs, settings=("in-domain",), pool_exclude=("train",), return_rankings=True)
+  assert own["config"]["in_domain_pools"] == "evaluated queries"
+  assert own["rankings"]["in-domain"]["b"] == [4, 3]
+
+
+def test_toolgen_ndcg_depth_is_recorded_and_applied():
+  q = [Query("a", "x", (0, 1), group="g", split="test")]
+  r = Fixed([5, 0, 6, 7, 1, 2])
+  deep = harness.evaluate(r, q, settings=("multi-domain",), ks=(1, 3), depth=6)
+  assert deep["config"]["toolgen_depth"] == 100 and deep["config"]["toolgen_depth_effective"] == 6
+  cut = harness.evaluate(r, q, settings=("multi-domain",), ks=(1, 3), depth=6, toolgen_depth=3)
+  # depth 100 (the papers) sees both relevant tools (ranks 2 and 5): IDCG@3 over 2 found; at depth 3 only one is
+  d = lambda i: 1 / math.log2(i + 1)
+  assert deep["multi-domain"]["all"]["all"]["toolgen_ndcg@3"] == pytest.approx(d(2) / (d(1) + d(2)))
+  assert cut["multi-domain"]["all"]["all"]["toolgen_ndcg@3"] == pytest.approx(d(2) / d(1))
+  assert cut["config"]["toolgen_depth_effective"] == 3
 
 
 def test_batches_and_bad_retriever():

@@ -31,14 +31,18 @@ def test_write_report(tmp_path, sample_report):
   loaded = json.loads(paths["json"].read_text())
   assert loaded["files"]["toy.json"]["methods"]["good"]["multi-domain"]["all"]["I1"]["ndcg@1"] == 1.0
   md = paths["markdown"].read_text()
-  assert "### toy.json — multi-domain" in md and "### toy.json — in-domain" in md
+  assert "### toy.json — multi-domain" in md and "### toy.json — in-domain" in md and "### toy.json — candidates" in md
+  # each table says which pool its setting uses and the depth of the papers' NDCG variant
+  assert "Setting: the papers' in-domain: every tool of the query's group (I1/I2/I3 pool)" in md
+  assert "Setting: the query's own candidate list (StableToolBench api_list)." in md
+  assert "toolgen_ndcg@k (the papers' variant) at depth good 5, bad 5." in md
   # good ranks tool 0 first: I1 NDCG@1 = 100, I2 (tools 1, 2 at ranks 2, 3) = 0.
   assert "| all | I1 | good | 1 | 100.00 |" in md
   assert "| all | I2 | good | 2 | 0.00 |" in md
   assert "| all | all | bad | 3 |" in md
-  assert "Skipped queries: {'in-domain/no_candidates': 1}" in md
+  assert "Skipped queries: {'candidates/no_candidates': 1}" in md
   assert "| base | 12.500 | 99 |" in md
-  assert len(paths["plots"]) == 2
+  assert len(paths["plots"]) == 3
   import matplotlib.image
   for p in paths["plots"]:
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
@@ -55,7 +59,7 @@ def test_group_order_puts_all_last(sample_report):
 
 def test_single_split_rows_not_repeated(tmp_path):
   qs = [Query("a", "x", (0,), group="I1", split="test"), Query("b", "y", (1,), group="I1", split="test")]
-  methods = harness.evaluate_methods({"good": Fixed([0, 1, 2])}, qs, settings=("multi-domain", "in-domain"))
+  methods = harness.evaluate_methods({"good": Fixed([0, 1, 2])}, qs, settings=("multi-domain", "candidates"))
   rep = {"files": {"f": {"n_queries": 2, "methods": methods}}}
   md = report.markdown_tables(rep)
   assert "| test | I1 | good | 2 |" in md and "| test | all | good | 2 |" in md

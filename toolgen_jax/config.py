@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.codebook.sinkhorn_epsilon = 0.01
   c.codebook.sinkhorn_iters = 50
   c.codebook.collab_lambda = 1.0  # ToolWeaver paper; its released code uses 0.001; 0 = no collaborative loss
+  c.codebook.collab_form = "latent_contrast"  # paper = ToolWeaver Eq. 6 on quantised vectors (A normalised as
+                                             # data.cooccurrence_normalization) | latent_contrast = our latent variant
   c.codebook.learning_rate = 1e-3
   c.codebook.batch_size = 1024
   c.codebook.steps = 1000         # RQ-VAE optimizer steps
@@ -158,7 +160,8 @@ def base_config() -> ml_collections.ConfigDict:
   # --- evaluation (toolgen_jax/evaluation) -----------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (1, 3, 5)
-  c.eval.settings = ("multi-domain", "in-domain")
+  c.eval.settings = ("multi-domain", "in-domain")  # + "candidates"; in-domain = the papers' group (I1/I2/I3) pool,
+                                                   # candidates = the query's own api_list (evaluation/harness.py)
   c.eval.baselines = ("bm25", "embedding")
   c.eval.batch_size = 8
   c.eval.perplexity = True

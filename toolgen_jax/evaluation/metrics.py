@@ -22,6 +22,8 @@ from typing import Collection, Sequence
 
 import numpy as np
 
+TOOLGEN_DEPTH = 100  # ToolGen's retrieval depth for `toolgen_ndcg_at_k`, used for every method in the papers' tables
+
 
 def _discounts(n: int) -> np.ndarray:
   """[n] 1 / log2(i + 1) for ranks i = 1..n."""

@@ -8,7 +8,9 @@ The report dict the writers take (what `toolgen_jax.evaluate` builds):
    "codebook": {label: toolgen_jax.codebook.stats.code_stats(...) result},     # optional
    "meta": {...}}                                                           # optional: command, versions, ...
 
-Tables print metrics x 100, as the papers do.
+Tables print metrics x 100, as the papers do. Under each table a line says what the setting's candidate pool is
+(`harness.SETTING_DESCRIPTIONS`: "in-domain" is the papers' group pool, "candidates" the query's own api_list) and
+at which depth each method's peers' NDCG variant (`toolgen_ndcg@k`) was computed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import pathlib
 import re
 from typing import Sequence
 
+from toolgen_jax.evaluation.harness import SETTING_DESCRIPTIONS, SETTINGS
+
 TABLE_METRICS = ("ndcg@1", "ndcg@3", "ndcg@5", "recall@5")
-SETTINGS = ("multi-domain", "in-domain")
 
 
 def _slug(s: str) -> str:
@@ -47,6 +50,19 @@ def _cells(file_entry: dict, setting: str):
         yield split, group, method, cell
 
 
+def setting_note(file_entry: dict, setting: str) -> str:
+  """What the setting's pool is, where the in-domain pools came from, and the peers' NDCG depth per method."""
+  configs = {m: r.get("config", {}) for m, r in file_entry["methods"].items() if setting in r}
+  first = next(iter(configs.values()), {})
+  note = f"Setting: {first.get('settings', {}).get(setting) or SETTING_DESCRIPTIONS.get(setting, setting)}"
+  if setting == "in-domain" and first.get("in_domain_pools"):
+    note += f" (pools from {first['in_domain_pools']})"
+  depths = {m: c["toolgen_depth_effective"] for m, c in configs.items() if "toolgen_depth_effective" in c}
+  if depths:
+    note += ". toolgen_ndcg@k (the papers' variant) at depth " + ", ".join(f"{m} {d}" for m, d in depths.items())
+  return note + "."
+
+
 def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str:
   """One Markdown table per (file, setting): rows (split, group, method), columns n and metrics x 100."""
   out = []
@@ -64,6 +80,7 @@ def markdown_tables(report: dict, metrics: Sequence[str] = TABLE_METRICS) -> str
       for split, group, method, cell in rows:
         vals = " | ".join("—" if m not in cell else f"{100 * cell[m]:.2f}" for m in metrics)
         out.append(f"| {split} | {group} | {method} | {cell['n']} | {vals} |")
+      out.append(f"\n{setting_note(entry, setting)}")
       skipped = {m: r.get("skipped", {}) for m, r in entry["methods"].items()}
       first = next(iter(skipped.values()), {})
       notes = {k: v for k, v in first.items() if v and (k == "no_relevant" or k.startswith(setting + "/"))}
