@@ -217,7 +217,8 @@ def run(a, legacy: bool = False) -> dict:
     alive = conn.getresponse().status == 200
     conn.close()
     result = {
-        "workdir": a.workdir, "tools": a.tools, "requests": a.requests, "concurrency": a.concurrency, "served_ok": served,
+        "workdir": a.workdir, "tools": a.tools, "requests": a.requests, "concurrency": a.concurrency,
+        "served_ok": served,
         "errors": a.requests - served, "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
         "throughput_rps": round(a.requests / wall, 3), "answers": kinds, "unseen_tool_request": unseen,
@@ -228,7 +229,8 @@ def run(a, legacy: bool = False) -> dict:
         "machine": f"{platform.machine()} nproc={os.cpu_count()}",
     }
     result["server"] = "legacy" if legacy else "new"
-    print(f"[{result['server']}] served {served}/{a.requests} at concurrency {a.concurrency}: p50 {result['p50_ms']} ms, "
+    print(f"[{result['server']}] served {served}/{a.requests} at concurrency {a.concurrency}: "
+          f"p50 {result['p50_ms']} ms, "
           f"p99 {result['p99_ms']} ms, {result['throughput_rps']} req/s; malformed -> {bad_json_status}, "
           f"oversized -> {big_status}; alive after: {result['alive_after']}", file=sys.stderr)
     return result

@@ -16,6 +16,7 @@ from toolgen_jax.agent.schema import (ArgumentError, check_arguments, constraine
 
 __all__ = ["ArgumentError", "Backend", "CallableExecutor", "Decision", "Episode", "ExecutionResult", "Executor",
            "FINISH_TOOL", "LexicalPolicy", "Policy", "ReplayExecutor", "RestExecutor", "ScriptedPolicy", "ScriptedStep",
-           "Step", "ToolCache", "ToolChoice", "canonical_arguments", "chat_turns", "check_arguments", "constrained_arguments",
-           "decide", "demo_backend", "describe", "load_backend", "normalize_schema", "prompt_turns", "resolve_tools",
-           "request_tools", "run_episode", "standardize", "toolbench_function_name", "validate_arguments"]
+           "Step", "ToolCache", "ToolChoice", "canonical_arguments", "chat_turns", "check_arguments",
+           "constrained_arguments", "decide", "demo_backend", "describe", "load_backend", "normalize_schema",
+           "prompt_turns", "request_tools", "resolve_tools", "run_episode", "standardize", "toolbench_function_name",
+           "validate_arguments"]

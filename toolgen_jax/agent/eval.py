@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy
-from toolgen_jax.data.records import Message, ToolCorpus, Trajectory
+from toolgen_jax.data.records import ToolCorpus, Trajectory
 
 
 @dataclasses.dataclass

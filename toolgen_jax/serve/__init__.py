@@ -72,7 +72,8 @@ def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 0, *, lim
   engine = Engine(backend, window_s=window_s, max_batch=max_batch, max_queue=max_queue)
   protocol = type("Protocol", (ReadTimeoutH11Protocol,), {"read_timeout_s": limits.read_timeout_s})
   config = uvicorn.Config(make_app(backend, engine, limits), http=protocol, lifespan="off", ws="none",
-                          limit_concurrency=limits.max_connections, h11_max_incomplete_event_size=limits.max_header_bytes,
+                          limit_concurrency=limits.max_connections,
+                          h11_max_incomplete_event_size=limits.max_header_bytes,
                           timeout_keep_alive=min(5, max(1, int(limits.read_timeout_s))), access_log=verbose,
                           log_level="info" if verbose else "warning", backlog=limits.max_connections)
   sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
