@@ -6,6 +6,9 @@ override of another type), and the dict is locked so an unknown field is an erro
 
 from __future__ import annotations
 
+import difflib
+import math
+
 import ml_collections
 
 
@@ -87,14 +90,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.vocab = ml_collections.ConfigDict()
   c.vocab.init = "codebook"       # codebook | subword_mean | random
   c.vocab.pad_to_multiple = 128   # round the vocabulary up (zero rows; decoders mask ids >= len(tokenizer))
-
-  # --- LoRA (toolgen_jax/models/lora) --------------------------------------------------------------------------
-  c.lora = ml_collections.ConfigDict()
-  c.lora.enabled = False
-  c.lora.rank = 8
-  c.lora.alpha = 16.0
-  c.lora.dropout = 0.0
-  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj")
 
   # --- training (toolgen_jax/training) -------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -307,10 +302,135 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
   return c
 
 
-def check_paths(c: ml_collections.ConfigDict) -> None:
-  """Fails before any work when a paper-scale config still lacks its required paths."""
-  missing = [name for name, v in (("model.checkpoint", c.model.checkpoint),) if not v]
-  if c.data.source not in ("bfcl",) and not c.data.path:
-    missing.append("data.path")
-  if missing:
-    raise ValueError("config is missing required paths: " + ", ".join(f"--config.{m}=..." for m in missing))
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: every enumerated and ranged field checked in one place, before any work starts.
+
+class ConfigError(ValueError):
+  """Config values the code would refuse (or misread) later; the one-line message names every bad field."""
+
+
+# Accepted values of enumerated fields. The modules that act on them own these lists; config sits below them and
+# cannot import them, so tests/test_bad_inputs_config.py checks that the two agree.
+CHOICES = {
+    "data.source": ("bfcl", "stabletoolbench", "toolbench", "beir", "gorilla", "toolgen_names", "real_protocol"),
+    "data.cooccurrence_normalization": ("sym", "row", "none"),
+    "data.trajectory_examples": ("whole", "steps"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "encoder.kind": ("minilm", "bert_dir", "gist"),
+    "encoder.dtype": ("float32", "bfloat16", "float16"),
+    "codebook.method": ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic"),
+    "codebook.collab_form": ("paper", "latent_contrast"),
+    "vocab.init": ("random", "subword_mean", "codebook"),
+    "train.trainable": ("all", "lora", "lora_and_new_tokens", "new_tokens"),
+    "train.packing": ("pad", "bucket"),
+    "train.multi_target": ("separate", "joint"),
+    "train.best_mode": ("max", "min"),
+    "mesh.distributed": ("auto", "always", "never"),
+    "eval.bm25_method": ("lucene", "robertson", "atire", "bm25l", "bm25+"),
+    "eval.bm25_analyzer": ("words", "nltk"),
+}
+# Tuple fields whose every member is enumerated.
+MEMBER_CHOICES = {
+    "train.stages": ("memorization", "retrieval", "trajectory"),
+    "eval.settings": ("multi-domain", "in-domain", "candidates"),
+    "eval.baselines": ("bm25", "embedding"),
+    "pipeline.redo": ("corpus", "embeddings", "codebook", "model", "train", "evaluate", "report"),
+}
+# Numeric ranges: (low, high), inclusive, None = unbounded; a tuple field is checked member by member.
+_POS, _NONNEG, _UNIT = (1, None), (0, None), (0.0, 1.0)
+RANGES = {
+    "data.test_fraction": _UNIT, "data.dev_fraction": _UNIT,
+    "model.max_seq_len": _POS,
+    "encoder.batch_size": _POS, "encoder.max_len": _POS, "encoder.gist_tokens": _POS, "encoder.gist_steps": _NONNEG,
+    "encoder.gist_batch_size": _POS, "encoder.gist_lora_rank": _POS,
+    "codebook.levels": _POS, "codebook.size": (2, None), "codebook.code_dim": _POS, "codebook.beta": _NONNEG,
+    "codebook.sinkhorn_iters": _POS, "codebook.collab_lambda": _NONNEG, "codebook.batch_size": _POS,
+    "codebook.steps": _NONNEG, "codebook.pca_dim": _POS, "codebook.branching": (2, None),
+    "codebook.rqvae_hidden": _POS,
+    "vocab.pad_to_multiple": _POS,
+    "train.steps": _POS, "train.batch_size": _POS, "train.seq_len": _POS, "train.warmup_fraction": _UNIT,
+    "train.weight_decay": _NONNEG, "train.grad_clip": _NONNEG, "train.grad_accum": _POS,
+    "train.checkpoint_every": _NONNEG, "train.keep_checkpoints": _POS, "train.eval_every": _NONNEG,
+    "train.log_every": _POS, "train.min_lr_ratio": _UNIT, "train.adam_b1": (0.0, 0.999999),
+    "train.adam_b2": (0.0, 0.999999), "train.memorization_max_chars": _NONNEG, "train.frozen_layers": _NONNEG,
+    "train.target_positions": _NONNEG, "train.loss_chunk": _NONNEG, "train.refine_rounds": _NONNEG,
+    "train.stage_steps.memorization": _NONNEG, "train.stage_steps.retrieval": _NONNEG,
+    "train.stage_steps.trajectory": _NONNEG, "train.stage_steps.refine": _NONNEG,
+    "decode.beam_size": _POS, "decode.length_normalization": _NONNEG, "decode.dense_budget_bytes": _NONNEG,
+    "eval.ks": _POS, "eval.recall_ks": _POS, "eval.batch_size": _POS, "eval.perplexity_tokens": _NONNEG,
+    "eval.train_queries": _NONNEG, "eval.memorization_tools": _NONNEG, "eval.depth": _POS,
+    "eval.bm25_k1": _NONNEG, "eval.bm25_b": _UNIT, "eval.perplexity_window": _POS, "eval.perplexity_stride": _POS,
+    "agent.max_steps": _POS, "agent.max_observation_chars": _POS, "agent.max_response_bytes": _POS,
+    "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS,
+    "serve.port": (0, 65535), "serve.max_body_bytes": _POS, "serve.max_tools": _POS, "serve.max_messages": _POS,
+}
+# Strictly positive reals (a zero rate or limit is never meant).
+POSITIVE = ("codebook.sinkhorn_epsilon", "codebook.learning_rate", "encoder.gist_learning_rate",
+            "train.learning_rate", "train.adam_eps", "agent.time_limit_s", "agent.tool_timeout_s")
+# -1 = all / every remaining device; otherwise at least 1.
+ALL_OR_POSITIVE = ("data.max_queries", "data.max_tools", "eval.max_queries", "mesh.data", "mesh.fsdp", "mesh.tensor")
+_MISSING = object()
+
+
+def _get(config, path: str):
+  node = config
+  for part in path.split("."):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      return _MISSING
+  return node
+
+
+def _did_you_mean(value, choices) -> str:
+  close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every enumerated field against its accepted values (with a did-you-mean) and every ranged field
+  against its range, before any work starts; raises ConfigError naming all bad fields at once. Fields this
+  config does not have are skipped (a config of another version). Returns `config`."""
+  errors = []
+  for path, choices in CHOICES.items():
+    v = _get(config, path)
+    if v is not _MISSING and v not in choices:
+      errors.append(f"{path}={v!r} is not one of {', '.join(choices)}{_did_you_mean(v, choices)}")
+  for path, choices in MEMBER_CHOICES.items():
+    v = _get(config, path)
+    if v is _MISSING:
+      continue
+    members = v if isinstance(v, (tuple, list)) else (v,)
+    for m in members:
+      if m not in choices:
+        errors.append(f"{path} member {m!r} is not one of {', '.join(choices)}{_did_you_mean(m, choices)}")
+  for path, (lo, hi) in RANGES.items():
+    v = _get(config, path)
+    if v is _MISSING:
+      continue
+    members = v if isinstance(v, (tuple, list)) else (v,)
+    if isinstance(v, (tuple, list)) and not v and path in ("eval.ks",):
+      errors.append(f"{path} is empty")
+    for m in members:
+      if not _number(m) or (lo is not None and m < lo) or (hi is not None and m > hi):
+        want = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        errors.append(f"{path}={m!r} must be a number {want}")
+  for path in POSITIVE:
+    v = _get(config, path)
+    if v is not _MISSING and not (_number(v) and v > 0):
+      errors.append(f"{path}={v!r} must be a number > 0")
+  for path in ALL_OR_POSITIVE:
+    v = _get(config, path)
+    if v is not _MISSING and not (isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1)):
+      errors.append(f"{path}={v!r} must be -1 (all) or >= 1")
+  test, dev = _get(config, "data.test_fraction"), _get(config, "data.dev_fraction")
+  if _number(test) and _number(dev) and test + dev >= 1.0:
+    errors.append(f"data.test_fraction + data.dev_fraction = {test + dev:g} leaves no training queries")
+  if errors:
+    raise ConfigError("invalid config: " + "; ".join(errors))
+  return config
