@@ -47,6 +47,7 @@ sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -88,6 +89,7 @@ PEAK_BF16_FLOPS = (
 REAL_EPOCHS = {"memorization": 8, "retrieval": 5}  # the papers' budgets (ToolGen / ToolWeaver)
 REAL_METHODS = {"toolweaver": "configs/toolweaver.py:real", "toolgen_atomic": "configs/toolgen.py:real"}
 REAL_BATCH = 64
+GROUP = 3  # train steps per timing (dispatched back to back, one block at the end)
 
 
 def log(*a) -> None:
@@ -321,12 +323,13 @@ def measure_train(name, config, params_fn, batch, seq, deadline, reps, peak):
   jax.block_until_ready(state)
   first_s = time.perf_counter() - t0
   first_loss = float(m["loss"])
-  times = []
+  times = []  # seconds per step, one figure per group of GROUP steps dispatched back to back (as the loop does)
   while len(times) < reps and time.perf_counter() < deadline:
     t0 = time.perf_counter()
-    state, m = steps.train(state, gbatch, key)
+    for _ in range(GROUP):
+      state, m = steps.train(state, gbatch, key)
     jax.block_until_ready(state)
-    times.append(time.perf_counter() - t0)
+    times.append((time.perf_counter() - t0) / GROUP)
   last_loss = float(m["loss"])
   if not times:
     return {"batch": batch, "seq_len": seq, "init_s": init_s, "compile_and_first_step_s": first_s,
@@ -338,8 +341,9 @@ def measure_train(name, config, params_fn, batch, seq, deadline, reps, peak):
                                                            jax.tree.leaves(state.params))),
           "matmul_params": matmul_params(config), "dtype": config.dtype, "param_dtype": config.param_dtype,
           "remat": config.remat, "init_s": round(init_s, 2), "compile_and_first_step_s": round(first_s, 2),
-          "timed_steps": len(times), "step_s_median": step_s, "step_s_min": min(times),
+          "timed_steps": GROUP * len(times), "step_s_median": step_s, "step_s_min": min(times),
           "tokens_per_s_per_device": tok_s, "model_flops_per_token": fpt,
+          "model_tflops_per_s_per_device": tok_s * fpt / 1e12,
           "mfu": None if peak is None else tok_s * fpt / peak, "first_loss": first_loss, "last_loss": last_loss}
 
 
@@ -356,10 +360,10 @@ def part_train(rec: Recorder, dry: bool, deadline: float) -> None:
   over = weights.config_overrides(paper.model)  # bf16 compute, fp32 master weights, remat as the paper config
   rec.put("model_overrides", {k: v for k, v in over.items()})
   if dry:
-    models = [("tiny_random", llama.LlamaConfig.tiny(tie_embeddings=True, **over), None, 4, 32, 3)]
+    models = [("tiny_random", llama.LlamaConfig.tiny(tie_embeddings=True, **over), None, 4, 32, 2)]
   else:
-    models = [("smollm2_135m", llama.LlamaConfig.smollm2_135m(**over), "smollm2", 32, 1024, 20),
-              ("llama32_1b_random", llama.LlamaConfig.llama32_1b(**over), None, 32, 1024, 20)]
+    models = [("smollm2_135m", llama.LlamaConfig.smollm2_135m(**over), "smollm2", 32, 1024, 6),
+              ("llama32_1b_random", llama.LlamaConfig.llama32_1b(**over), None, 32, 1024, 6)]
   start = time.perf_counter()
   for i, (name, config, ckpt, batch, seq, reps) in enumerate(models):
     share = (deadline - time.perf_counter()) / (len(models) - i)  # this model's slice of what is left
@@ -376,6 +380,7 @@ def part_train(rec: Recorder, dry: bool, deadline: float) -> None:
         if _is_oom(e) and batch > 1:
           log(f"[train] {name}: out of memory at batch {batch}, retrying at {batch // 2}")
           batch //= 2
+          gc.collect()  # the failed attempt's arrays go before the retry allocates
           continue
         res = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
         break
@@ -441,6 +446,9 @@ def part_beam(rec: Recorder, dry: bool, deadline: float) -> None:
       t0 = time.perf_counter()
       jax.block_until_ready(fn())
       compile_s[key] = round(time.perf_counter() - t0, 2)
+    out = {"levels": length, "codebook": k, "trie_build_s": round(build_s, 2),
+           "trie_mb": trie.nbytes()["device_bytes"] / 2**20, "compile_s": compile_s, "rounds": 0}
+    rec.put(name, out)  # a part cut during the timed rounds still shows how far it got
     times = {k: [] for k in jobs}
     pairs = []
     for _ in range(rounds):  # alternate, paired: each round times both once per repeat
@@ -456,8 +464,7 @@ def part_beam(rec: Recorder, dry: bool, deadline: float) -> None:
         rt[key] = statistics.median(reps)
         times[key].extend(reps)
       pairs.append(rt["constrained"] / rt["unconstrained"])
-    out = {"levels": length, "codebook": k, "trie_build_s": round(build_s, 2),
-           "trie_mb": trie.nbytes()["device_bytes"] / 2**20, "compile_s": compile_s, "rounds": len(pairs)}
+    out["rounds"] = len(pairs)
     if pairs:
       med = {k: statistics.median(v) for k, v in times.items()}
       out.update({"constrained_s": med["constrained"], "unconstrained_s": med["unconstrained"],
@@ -510,8 +517,8 @@ def _read_log(path: pathlib.Path) -> dict:
   text = path.read_text(errors="replace") if path.exists() else ""
   stages = {m.group(1): {"examples": int(m.group(2)), "steps": int(m.group(3)), "epochs": float(m.group(5))}
             for m in _STAGE_LINE.finditer(text)}
-  done = re.search(r"\[done\] (\d+)s", text)
-  return {"stages": stages, "done_s": int(done.group(1)) if done else None,
+  done = re.findall(r"\[done\] (\d+)s", text)  # the log is appended to by every (resumed) run: the last one
+  return {"stages": stages, "done_s": int(done[-1]) if done else None,
           "last_lines": text.strip().splitlines()[-3:]}
 
 
@@ -595,6 +602,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--out", default=str(ROOT / "workdirs" / "accelerator"))
   ap.add_argument("--parts", default=",".join(PARTS))
   ap.add_argument("--budget", type=float, default=570.0, help="wall-clock seconds for all parts together")
+  ap.add_argument("--box", action="append", default=[], metavar="PART=SECONDS",
+                  help="override a part's wall-clock box, e.g. --box beam=200 (real: what is left by default)")
   ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part in this process
   ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # internal: time.time() at which it stops
   ap.add_argument("--make-reference", action="store_true", help="write the reference logits (needs torch)")
@@ -617,14 +626,19 @@ def main(argv=None) -> dict:
   if args.dry_run:  # CPU, and XLA's cheapest code generation: toy shapes compile in a fraction of the time
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  boxes = DRY_BOXES if args.dry_run else BOXES
+  boxes = dict(DRY_BOXES if args.dry_run else BOXES)
+  for item in args.box:
+    part, _, sec = item.partition("=")
+    if part not in PARTS:
+      ap.error(f"--box {item}: unknown part {part!r}")
+    boxes[part] = float(sec)
   start = time.time()
   summary = {"command": " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
              "dry_run": args.dry_run, "budget_s": args.budget, "out": str(out), "parts": {}}
   for i, part in enumerate(parts):
     left = args.budget - (time.time() - start)
     later = sum(boxes[p] or 0 for p in parts[i + 1:])
-    box = max(10.0, min(boxes[part] or left, left - later) if boxes[part] else left)
+    box = max(10.0, left - later if boxes[part] is None else min(boxes[part], left - later))
     t0 = time.time()
     cmd = [sys.executable, __file__, "--part", part, "--out", str(out), "--deadline", str(t0 + box - 5)]
     if args.dry_run:

