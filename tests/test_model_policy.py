@@ -195,5 +195,16 @@ def test_briefly_trained_model_runs_its_episode_to_finish(config):
   assert calls == [("weather", "Paris")], loop.describe(ep.steps[0])
   assert ep.steps[0].decision.thought == "check weather"
   assert ep.finished and ep.final_answer == "21 degrees", [loop.describe(s) for s in ep.steps]
+  # Batched (the serving engine and agent.eval): each row answers as it would alone, under its own candidates.
+  h1, h2, h3 = (Message("user", 'weather in "Paris"'),), (Message("user", "zz"),), (Message("user", "q"),)
+  assert policy.think_batch([h1, h2, h3])[0] == "check weather"
+  steps = [(h1, "check weather", None, True), (h2, "", [1, 2], False), (h3, "x", [0], True)]
+  batched = policy.choose_tool_batch(steps, k=3)
+  for (h, t, cands, fin), got in zip(steps, batched):
+    alone = policy.choose_tool(h, t, cands, k=3, allow_finish=fin)
+    assert [c.tool for c in got] == [c.tool for c in alone]
+    np.testing.assert_allclose([c.score for c in got], [c.score for c in alone], atol=1e-3)
+  assert batched[0][0].tool == 0
+  assert {c.tool for c in batched[1]} <= {1, 2} and {c.tool for c in batched[2]} <= {0, None}
   # (the second episode and a GT-tools override run the same code paths; left out to keep this test's
   # compile-bound runtime down — restriction to candidates is tested on the untrained model above)
