@@ -63,7 +63,8 @@ def test_token_strings_ids_and_members(embeddings):
   assert len(members) == len(strings)
   assert sum(len(m) for m in members[:cb.level_sizes[0]]) == cb.num_tools
   np.testing.assert_array_equal(members[2], cb.members(0, 2))
-  assert vocab.tool_text(3) == f"<T0_{cb.codes[3, 0]}><T1_{cb.codes[3, 1]}>"
+  assert vocab.tool_text(3) == "".join(f"<T{l}_{c}>" for l, c in enumerate(cb.code_of(3)))
+  assert vocab.tool_token_ids(3) == [int(vocab.token_ids[l, c]) for l, c in enumerate(cb.code_of(3))]
   cb.remove_tools([3])
   assert 3 not in code_vocab.token_members(cb)[cb.codes[3, 0]]
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from toolgen_jax import config as config_lib
 from toolgen_jax import evaluate
 from toolgen_jax.data.records import Query
 
@@ -55,11 +56,12 @@ def test_detect_source(files, tmp_path):
 
 
 def test_select_split():
+  from toolgen_jax.evaluation import harness
   qs = [Query("1", "a", (0,), split="train"), Query("2", "b", (0,), split="test")]
-  assert [q.id for q in evaluate.select_split(qs, "auto", "f")] == ["2"]
-  assert len(evaluate.select_split(qs, "", "f")) == 2
+  assert [q.id for q in harness.select_split(qs, "auto", "f")] == ["2"]
+  assert len(harness.select_split(qs, "", "f")) == 2
   with pytest.raises(ValueError, match="splits present"):
-    evaluate.select_split(qs, "dev", "f")
+    harness.select_split(qs, "dev", "f")
 
 
 def test_run_bm25_report(files, tmp_path):
@@ -125,14 +127,14 @@ def test_per_file_corpus(files, tmp_path):
 
 
 def test_subset_bm25_is_its_own_index():
-  from toolgen_jax import config as config_lib
+  from toolgen_jax.evaluation import bm25
   from toolgen_jax.evaluation.bm25 import BM25Retriever
 
   cfg = config_lib.base_config()
   docs = ["apple banana", "apple cherry", "banana date", "apple", "cherry date kiwi", "apple apple banana kiwi"]
   ids = [0, 2, 4, 5]
   q = [Query("q", "apple kiwi date", (5,))]
-  sub = evaluate.bm25_retriever(docs, cfg, ids)
+  sub = bm25.from_config(docs, cfg.eval, ids)
   alone = BM25Retriever([docs[i] for i in ids])
   assert sub.rank(q, 4, [tuple(ids)]) == [[ids[i] for i in alone.rank(q, 4, [None])[0]]]
   assert sub.rank(q, 2, [(4, 5, 1)]) == [[ids[i] for i in alone.rank(q, 2, [(2, 3)])[0]]]  # 1 is outside: dropped
@@ -158,8 +160,13 @@ def test_perplexity_flag(files, tmp_path, monkeypatch):
 
 
 def test_load_config_overlays_the_workdir(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps({"eval": {"ks": [1, 3], "bm25_method": "robertson", "zz": 1},
-                                                    "model": {"checkpoint": "/ckpt"}}))
-  c = evaluate.load_config(tmp_path)
+  from toolgen_jax import artifact
+  assert artifact.load_config(tmp_path, missing_ok=True).eval.depth == 100  # no config.json: the defaults
+  (tmp_path / "config.json").write_text(json.dumps({"eval": {"ks": [1, 3], "bm25_method": "robertson", "zz": 1,
+                                                             "depth": 50.0},
+                                                    "model": {"checkpoint": "/ckpt"}, "train": {"stages": ["retrieval"]}}))
+  c = artifact.load_config(tmp_path)
   assert c.eval.ks == (1, 3) and c.eval.bm25_method == "robertson" and c.model.checkpoint == "/ckpt"
-  assert c.eval.depth == 100  # untouched defaults stay
+  assert c.eval.depth == 50 and isinstance(c.eval.depth, int)  # JSON numbers coerced to the field's type
+  assert c.train.stages == ("retrieval",) and c.eval.recall_ks == config_lib.base_config().eval.recall_ks
+  assert "zz" not in c.eval  # fields today's config lacks are ignored

@@ -140,7 +140,8 @@ def load_codebook(config, wd: Workdir, ds, emb: np.ndarray):
     tok = tok_lib.tokenizer_from_config(config.model)
     kw = dict(tokenize=tok.encode, end_id=prompts.end_of_turn_id(tok))
   cb = cb_lib.build(config.codebook, emb, [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
-                    encoder={"kind": config.encoder.kind, "path": config.encoder.path}, progress=True, **kw)
+                    encoder={"kind": config.encoder.kind, "path": config.encoder.path}, progress=True,
+                    cooccurrence_normalization=config.data.cooccurrence_normalization, **kw)
   if "trajectory" in config.train.stages:  # agent tuning: Finish gets its own code sequence (row cb.finish_id)
     rep = cb.add_finish(embeddings=finish_embedding(config, wd, emb))
     _say(f"[codebook] Finish -> row {cb.finish_id}, codes {cb.code_of(cb.finish_id)}"
@@ -244,7 +245,8 @@ def refine(config, wd: Workdir, ds, params, cb, model: Model, *, rounds: int, tr
     if (path_of(r) / "manifest.json").exists():
       return cb_lib.load(path_of(r))
     new = cb_lib.build(config.codebook, emb[:len(docs)], [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
-                       encoder={"kind": "llm_mean", "max_len": int(config.encoder.max_len)}, progress=True)
+                       encoder={"kind": "llm_mean", "max_len": int(config.encoder.max_len)}, progress=True,
+                       cooccurrence_normalization=config.data.cooccurrence_normalization)
     if finish:
       new.add_finish(embeddings=emb[len(docs):])
     new.save(path_of(r))
@@ -284,11 +286,14 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
   if "embedding" in config.eval.baselines:
     retrievers["embedding"] = emb_lib.EmbeddingRetriever(doc_embeddings=emb)
   methods = {}
+  pools = harness.pools_by_group(ds.queries)  # in-domain: every tool of the query's group (I1/I2/I3), as the papers
   for name, r in retrievers.items():
     _say(f"[evaluate] {name} on {len(test)} test queries, settings {tuple(config.eval.settings)}")
+    baseline = name in ("bm25", "embedding")  # they rank every tool cheaply: ask for ToolGen's depth
     methods[name] = harness.evaluate(r, test, ks=tuple(config.eval.ks), settings=tuple(config.eval.settings),
                                      batch_size=int(config.eval.batch_size) * 8, progress=name,
-                                     pool_exclude=probes.PROBE_SPLITS)
+                                     pool_exclude=probes.PROBE_SPLITS, group_pools=pools,
+                                     depth=int(config.eval.depth) if baseline else None)
   return {"queries": len(test), "methods": methods}
 
 
