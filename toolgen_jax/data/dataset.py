@@ -114,7 +114,7 @@ def training_episodes(queries: Sequence[Query], trajectories: Sequence[Trajector
                       ) -> tuple[list[Query], list[Trajectory]]:
   """The queries and trajectories a fitted statistic may see: queries in TRAIN_SPLITS or UNSPLIT whose id no record
   puts in another split, and the trajectories of every query id that is not held out (a trajectory of a query that
-  was not loaded counts as training, as `pipeline.training_trajectories` does)."""
+  was not loaded counts as training, as `training.stages.training_trajectories` does)."""
   allowed = set(TRAIN_SPLITS) | {UNSPLIT}
   held_out = {q.id for q in queries if q.split not in allowed}
   return ([q for q in queries if q.id not in held_out],

@@ -1,4 +1,4 @@
-"""The documented real-data protocol (issue #7): one merged corpus over ToolLens, StableToolBench and Gorilla.
+"""The documented real-data protocol: one merged corpus over ToolLens, StableToolBench and Gorilla.
 
   memorise  every tool document of the merged corpus (doc -> codes);
   train     ToolLens `qrels/train.tsv` + the `train` part of a fixed-seed 60/20/20 split of each StableToolBench
