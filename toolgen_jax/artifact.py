@@ -81,29 +81,53 @@ def write_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> pathl
 def load_config(workdir, *, missing_ok: bool = False) -> ml_collections.ConfigDict:
   """The config a workdir was run with (its config.json) over today's defaults: fields the file lacks keep their
   defaults, fields today's config lacks are ignored, values are coerced to the default's type (JSON has no tuples).
-  `missing_ok`: a folder without config.json gives the defaults (scoring baselines on a fresh folder)."""
+  `missing_ok`: a folder without config.json gives the defaults (scoring baselines on a fresh folder).
+  A config.json that is not JSON, holds a value of the wrong kind (`eval.ks: 5` for a list) or fails
+  `config.validate` raises DataError naming the file (and the field)."""
   from toolgen_jax import config as config_lib
+  from toolgen_jax.data._common import parse_json, read_text, value_type
+  from toolgen_jax.data.records import DataError
+  from toolgen_jax.data.report import LoadReport
   c = config_lib.base_config()
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists() and missing_ok:
     return c
-  saved = json.loads(path.read_text())
+  if not path.is_file():
+    raise DataError(str(path), None, None, "no config.json here: is this a workdir of `toolgen_jax.main`?")
+  saved = parse_json(read_text(path, LoadReport()), path)
+  if not isinstance(saved, dict):
+    raise DataError(str(path), None, None, f"expected a JSON object, got {value_type(saved)}")
 
-  def fill(node, d):
+  def fill(node, d, prefix=""):
     for k, v in d.items():
       if k not in node:
         continue
-      default = node[k]
-      if isinstance(default, ml_collections.ConfigDict):
-        fill(default, v)
-      elif isinstance(default, tuple) and isinstance(v, list):
-        node[k] = tuple(v)
-      elif isinstance(default, (bool, int, float, str)) and v is not None and not isinstance(v, type(default)):
-        node[k] = type(default)(v)
-      else:
-        node[k] = v
+      default, field = node[k], prefix + k
+      try:
+        if isinstance(default, ml_collections.ConfigDict):
+          if not isinstance(v, dict):
+            raise TypeError(f"expected an object, got {value_type(v)}")
+          fill(default, v, field + ".")
+        elif isinstance(default, tuple) and not isinstance(v, list):
+          raise TypeError(f"expected a list, got {value_type(v)}")
+        elif isinstance(default, tuple):
+          node[k] = tuple(v)
+        elif isinstance(default, (bool, int, float, str)) and v is not None and not isinstance(v, type(default)):
+          if isinstance(v, (dict, list)) or (isinstance(default, bool) and not isinstance(v, bool)):
+            raise TypeError(f"expected {value_type(default)}, got {value_type(v)}")
+          node[k] = type(default)(v)
+        else:
+          node[k] = v
+      except (TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+          raise
+        raise DataError(str(path), None, field, str(e)) from None
 
   fill(c, saved)
+  try:
+    config_lib.validate(c)
+  except config_lib.ConfigError as e:
+    raise DataError(str(path), None, None, str(e)) from None
   return c
 
 
