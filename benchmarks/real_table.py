@@ -61,7 +61,7 @@ def main() -> None:
       base = [(LABELS[m], m, methods, wd) for m in ("bm25", "embedding") if m in methods]
   rows += base
   out: dict = {"groups": GROUPS, "rows": {}}
-  for setting in ("multi-domain", "in-domain"):
+  for setting in ("multi-domain", "in-domain", "candidates"):  # in-domain: the group pool; candidates: api_list
     print(f"\n### {setting} (NDCG@1 / NDCG@5 x100, test split)\n")
     probes = setting == "multi-domain"  # the probes carry no candidate lists: scored multi-domain only
     print("| method | " + " | ".join(GROUPS) + (" | train queries N@1 | own documents N@1 |" if probes else " |"))

@@ -272,6 +272,7 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
       c.data.path = data_root()
       c.train.stage_steps.retrieval = 400
       c.eval.train_queries = 100
+      c.eval.settings = ("multi-domain", "in-domain", "candidates")  # the papers' group pool and each api_list
     if scale == "gorilla":
       c.data.source = "gorilla"
       c.data.path = f"{data_root()}/gorilla/data"
@@ -295,6 +296,7 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str | None) -> ml_collectio
   c.train.steps = 2000
   c.train.checkpoint_every = 500
   c.train.eval_every = 500
+  c.data.dev_fraction = 0.01      # the dev queries train.eval_every scores (evaluation.evaluators)
   c.train.keep_checkpoints = 3
   c.train.stages = ("memorization", "retrieval", "trajectory")
   c.eval.batch_size = 64
