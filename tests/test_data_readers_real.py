@@ -1,6 +1,7 @@
 """Readers on the real files in ../shared/data: the counts stated in its README, and BFCL's from issue #2."""
 
 import collections
+import itertools
 import json
 import time
 
@@ -190,4 +191,7 @@ def test_bfcl_parallel_relevance_in_answer_order(bfcl_ds):
   for a in answers[:50]:
     names = list(dict.fromkeys(next(iter(c)) for c in a["ground_truth"]))
     assert [bfcl_ds.corpus[t].api_name for t in by_id[a["id"]].relevant] == names
-  assert np.all(bfcl_ds.cooccurrence.degree() >= 0)
+  # The co-usage graph counts, for every pair of tools one question calls together, the questions that do (brute force).
+  want = collections.Counter(p for q in bfcl_ds.queries for p in itertools.combinations(sorted(set(q.relevant)), 2))
+  pairs, counts = bfcl_ds.cooccurrence.edges()
+  assert dict(zip(map(tuple, pairs.tolist()), counts.tolist())) == dict(want) and len(want) > 100
