@@ -212,13 +212,14 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   else:
     states = np.zeros(shape, dtype)
   t0 = time.perf_counter()
-  # Batches of similar length share a padded width (multiples of 8), so short documents are not run at T; the
+  # Batches of similar length share a padded width (T/4, T/2 or T), so short documents are not run at T; the
   # positions past a row's end stay zero (padding is never attended to).
   lengths = examples.attention_mask.sum(1)
   order = np.argsort(lengths, kind="stable")
+  widths = sorted({T} | {w for w in (T // 4, T // 2) if w >= 8 and w % 8 == 0})  # at most 3 compiled shapes
   for s in range(0, n, batch_size):
     idx = order[s:s + batch_size]
-    width = min(T, int(-(-lengths[idx].max() // 8) * 8))  # right padding: later positions never matter
+    width = next(w for w in widths if w >= lengths[idx].max())  # right padding: later positions never matter
     pad = batch_size - len(idx)  # keep one compiled shape per width
     take = np.concatenate([idx, np.repeat(idx[:1], pad)])
     x = frozen_states(params, config, jnp.asarray(examples.tokens[take, :width]),
