@@ -3,7 +3,7 @@
 All three share one contract, `executor(tool, arguments) -> ExecutionResult`, and never raise for a failing call:
 the failure is an `error` the agent shows the model (ToolBench's `{"error": ..., "response": ...}` observation).
 
-Safety (issue #8): the caller (the agent loop) has already checked the tool name against the allowed candidates and
+Safety: the caller (the agent loop) has already checked the tool name against the allowed candidates and
 the arguments against the schema; executors add their own limits. Callables run with a wall-clock timeout; the REST
 executor refuses hosts outside an allow-list (default loopback only) on the same parse of the URL it connects to,
 follows no redirects, uses no proxy, and stops at a size limit or one wall-clock deadline per call; the replay

@@ -18,7 +18,7 @@ import operator
 import time
 from typing import Any, Callable, Sequence
 
-from toolgen_jax.agent import format as fmt
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.executors import ExecutionResult, Executor
 from toolgen_jax.agent.policy import Policy, ToolChoice

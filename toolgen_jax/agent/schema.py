@@ -9,7 +9,7 @@ Sources write types loosely (ToolBench: `STRING`, `NUMBER`, `ENUM`, `DATE (YYYY-
 `tuple`, `any`), so `normalize_schema` maps them onto JSON-schema types first; an unknown type name constrains nothing
 rather than rejecting every value.
 
-Limits (issue #17): Action Input is refused, as an ArgumentError, past MAX_ARGUMENT_CHARS characters or
+Limits: Action Input is refused, as an ArgumentError, past MAX_ARGUMENT_CHARS characters or
 MAX_ARGUMENT_DEPTH levels of nesting, with an integer literal over MAX_NUMBER_DIGITS digits, a non-finite number
 (NaN, Infinity, 1e999) at any depth, a duplicate key at any depth, or a lone surrogate in any string. The schema
 check is jsonschema's over the whole value (nested objects reject undeclared keys too), after the string coercions.
@@ -29,6 +29,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import jsonschema
 
+from toolgen_jax.prompts import FINISH_SCHEMA  # noqa: F401  (the Finish tool's schema is the prompt format's)
+
 # Loose type names seen in ToolBench / StableToolBench / BFCL -> JSON-schema type (None = unconstrained).
 _TYPE_ALIASES = {
     "string": "string", "str": "string", "char": "string", "enum": "string", "date": "string", "time": "string",
@@ -41,15 +43,6 @@ _TYPE_ALIASES = {
     "any": None, "": None,
 }
 
-# ToolBench's Finish action (answer files, `answer_generation.function`).
-FINISH_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
-        "final_answer": {"type": "string"},
-    },
-    "required": ["return_type"],
-}
 
 
 MAX_ARGUMENT_CHARS = 65_536  # Action Input text (and the total string length of an arguments object)
