@@ -107,6 +107,11 @@ def test_cli_errors(files, tmp_path, capsys):
   assert "missing.json" in err and "no such file" in err
   assert evaluate.main(args + ["--methods=bm25,bogus"]) == 2
   assert "unknown methods ['bogus']" in capsys.readouterr().err
+  # No --methods on a folder without a trained model (a mistyped workdir): an error, not a baseline-only report.
+  assert evaluate.main(args) == 2
+  err = capsys.readouterr().err
+  assert "holds no trained model" in err and "--methods=bm25,embedding" in err
+  assert not (tmp_path / "wd" / "evaluate" / "report.json").exists()
 
 
 def test_cli_subprocess(files, tmp_path):

@@ -157,7 +157,11 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
   if not queries:
     raise ValueError("give at least one --queries file")
   config = artifact.load_config(wd, missing_ok=True)
-  methods = list(methods) if methods else list(BASELINES) + (["model"] if artifact.has_trained_model(wd) else [])
+  if not methods and not artifact.has_trained_model(wd):  # a mistyped workdir must not pass as a baseline run
+    raise NoTrainedModelError(
+        f"{wd} holds no trained model ({artifact.MODEL_DIR}/params is missing): check the path, or score the "
+        f"baselines alone with --methods={','.join(BASELINES)}")
+  methods = list(methods) if methods else list(BASELINES) + ["model"]
   unknown = set(methods) - set(BASELINES) - {"model"}
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(BASELINES)}, model")
@@ -205,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--queries", action="append", default=[], metavar="[SOURCE:]PATH", required=True)
   p.add_argument("--add-tools-from", "--add_tools_from", action="append", default=[], metavar="[SOURCE:]PATH")
-  p.add_argument("--setting", choices=("multi-domain", "in-domain", "both"), default=None)
+  p.add_argument("--setting", choices=("multi-domain", "in-domain", "candidates", "both"), default=None,
+                 help="in-domain: the query group's tools (the papers'); candidates: the query's own api_list; "
+                      "both: the workdir config's eval.settings")
   p.add_argument("--methods", default=None, help="comma list of bm25, embedding, model (default: all available)")
   p.add_argument("--split", default=None, help="auto (test, else eval, else all) | '' (all) | a split name")
   p.add_argument("--corpus", choices=("pooled", "per-file"), default="pooled",

@@ -234,18 +234,26 @@ def refine(config, wd: Workdir, ds, params, cb, model: Model, *, rounds: int, tr
   finish = cb.finish_id is not None  # an agent codebook's Finish row is re-embedded and re-coded as Finish too
   docs_all = docs + [finish_document(config)] * finish
   path_of = lambda r: wd / f"codebook_refine{r}"
+  # A gist codebook codes V positions x L levels: re-embed with the workdir's gist encoder mounted on the tuned LLM
+  # (V positions again, so the code length and every T_l token stay); else the tuned LLM's mean hidden state [N, D].
+  kind = "gist_tuned" if cb.encoder.get("kind") in ("gist", "gist_tuned") else "llm_mean"
 
   def embed_tools(p, m: Model, r: int) -> np.ndarray:
     if (path_of(r) / "manifest.json").exists():
       return np.zeros((0,), np.float32)  # this round's codebook exists: quantize() reloads it
-    _say(f"[refine {r}] re-embedding {len(docs_all)} tools with the trained model")
+    _say(f"[refine {r}] re-embedding {len(docs_all)} tools with the trained model ({kind})")
+    if kind == "gist_tuned":
+      from toolgen_jax.codebook import gist
+      return gist.embed_with_backbone(wd / "embeddings" / "gist", p, m.config, m.tokenizer,
+                                      list(ds.corpus) + [prompts.FINISH_TOOL] * finish,
+                                      gist.config_from(config.encoder, int(config.seed)))
     return embed.llm_tool_embeddings(p, m.config, m.tokenizer, docs_all, max_len=int(config.encoder.max_len))
 
   def quantize(emb, old, r: int):
     if (path_of(r) / "manifest.json").exists():
       return cb_lib.load(path_of(r))
     new = cb_lib.build(config.codebook, emb[:len(docs)], [t.name for t in ds.corpus], cooccurrence=ds.cooccurrence,
-                       encoder={"kind": "llm_mean", "max_len": int(config.encoder.max_len)}, progress=True,
+                       encoder={"kind": kind, "max_len": int(config.encoder.max_len)}, progress=True,
                        cooccurrence_normalization=config.data.cooccurrence_normalization)
     if finish:
       new.add_finish(embeddings=emb[len(docs):])
@@ -299,10 +307,12 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole method on `config`, resuming from whatever `workdir` holds. Returns the report dict."""
+  from toolgen_jax import config as config_lib
   from toolgen_jax.evaluation import perplexity
   from toolgen_jax.evaluation import report as report_lib
   from toolgen_jax.training import sharding as shd
 
+  config_lib.validate(config)  # the same up-front checks as the command line (a notebook calls run directly)
   wd = Workdir(pathlib.Path(workdir))
   _say(f"[config] resolved config -> {write_config(config, wd.root)}")
   if config.pipeline.dry_run:

@@ -371,6 +371,8 @@ def fit(*, model_config: llama.LlamaConfig, params: Any, train_config: Mapping[s
   resumed_from = checkpointer.latest_step()
   if resumed_from is not None:
     state, _ = checkpointer.restore(abstract_state, resumed_from)
+    # an unreadable newest step is skipped (and logged) by the checkpointer: report the one actually read
+    resumed_from = getattr(checkpointer, "restored_step", None) or resumed_from
     writer.line(f"[{stage}] resumed from step {resumed_from} ({checkpointer.directory})")
   else:
     state = steps.init(jax.device_put(params, steps.state_shardings.params))
