@@ -13,8 +13,9 @@ device memory is returned before the next part starts):
           within 2e-4 x the largest reference logit; bf16 compute (fp32 weights, as in training) within 6e-2 x.
           Regenerate the file with `python benchmarks/accelerator.py --make-reference` (needs torch).
   train   one training step (`training.train.build_steps`: AdamW, clipping, NaN guard, FSDP mesh over all devices)
-          of SmolLM2-135M and of a randomly initialised Llama-3.2-1B-shaped model, with the `:paper` variant's
-          model settings (bf16 compute, fp32 master weights, its remat policy): tokens/s and model FLOPs
+          of SmolLM2-135M and of a randomly initialised Llama-3.2-1B-shaped model, 32 x 1024 random tokens (the
+          batch halves on out-of-memory), with the `:paper` variant's model settings (bf16 compute, fp32 master
+          weights, its remat policy), 3 steps dispatched back to back per timing: tokens/s and model FLOPs
           utilisation (6 N + 12 L H Dh T FLOPs per token, N = matmul parameters with the LM head counted once,
           attention not halved for causality; remat recompute not counted) against the peak bf16 dense FLOP/s
           looked up by device kind in PEAK_BF16_FLOPS (the JSON names the entry used).
@@ -25,11 +26,15 @@ device memory is returned before the next part starts):
           Toolscaler-style (L=4, K=512) codes.
   real    the `:real` protocol (ToolLens + StableToolBench + Gorilla, 1,911 tools) at accelerator scale for
           ToolWeaver and ToolGen-atomic: full fine-tuning (no frozen layers, LM head on every position, whole
-          documents), bf16 compute, batch 64, and the papers' epoch budgets (memorisation 8, retrieval 5) turned
-          into steps from the dataset sizes; both pipelines run side by side (`python -m toolgen_jax.main`), each
-          capped at a share of the GPU memory, and `benchmarks/real_table.py` writes the real-data table from
-          whatever finished. Re-running with the same --out resumes the pipelines from their checkpoints.
+          documents), bf16 compute, batch 64 x up to 256 tokens, lr 1e-4, and the papers' epoch budgets
+          (memorisation 8, retrieval 5) turned into steps from the dataset sizes; both pipelines run side by side
+          (`python -m toolgen_jax.main`), each capped at a share of the GPU memory, and `benchmarks/real_table.py`
+          writes the real-data table from whatever finished. Re-running with the same --out resumes the pipelines from their checkpoints.
           Skipped, with the reason, when the real data ($TOOLGEN_DATA or ../shared/data) is missing.
+
+--dry-run: CPU (JAX_PLATFORMS=cpu, XLA's cheapest code generation), a random tiny model for parity (its own stored
+transformers reference), train and beam (200 tools, 8 queries); the `real` part only resolves its two commands
+against the locked configs (`--config.pipeline.dry_run=True`), which checks every override, and trains nothing.
 
 Outputs (--out, default workdirs/accelerator): <part>.json per part, summary.json (rewritten after every part),
 real_<method>/ workdirs with their logs, real_table.md. The last stdout line is the summary as one JSON object.
@@ -296,7 +301,7 @@ def _is_oom(e: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in s or "Out of memory" in s or "out of memory" in s
 
 
-def measure_train(name, config, params_fn, batch, seq, deadline, reps, peak):
+def measure_train(config, params_fn, batch: int, seq: int, deadline: float, reps: int, peak: float | None) -> dict:
   """Compile + time `reps` steps of build_steps' train step (or until `deadline`); halves the batch on OOM."""
   import jax
   from toolgen_jax import config as config_lib
@@ -369,12 +374,12 @@ def part_train(rec: Recorder, dry: bool, deadline: float) -> None:
     share = (deadline - time.perf_counter()) / (len(models) - i)  # this model's slice of what is left
     model_deadline = time.perf_counter() + share
     if ckpt:
-      params_fn = lambda c=config, k=ckpt: weights.load_pretrained(k, **over)[1]
+      params_fn = lambda k=ckpt: weights.load_pretrained(k, **over)[1]
     else:
       params_fn = lambda c=config: llama.init_params(c, jax.random.PRNGKey(0))
     while True:
       try:
-        res = measure_train(name, config, params_fn, batch, seq, model_deadline, reps, peak)
+        res = measure_train(config, params_fn, batch, seq, model_deadline, reps, peak)
         break
       except Exception as e:  # pylint: disable=broad-except
         if _is_oom(e) and batch > 1:
