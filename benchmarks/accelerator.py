@@ -30,7 +30,8 @@ device memory is returned before the next part starts):
           (memorisation 8, retrieval 5) turned into steps from the dataset sizes; both pipelines run side by side
           (`python -m toolgen_jax.main`), each capped at a share of the GPU memory, and `benchmarks/real_table.py`
           writes the real-data table from whatever finished. Re-running with the same --out resumes the pipelines
-          from their checkpoints. Skipped, with the reason, when the real data ($TOOLGEN_DATA or ../shared/data) is missing.
+          from their checkpoints. Skipped, with the reason, when the real data ($TOOLGEN_DATA or ../shared/data)
+          is missing.
 
 --dry-run: CPU (JAX_PLATFORMS=cpu, XLA's cheapest code generation), a random tiny model for parity (its own stored
 transformers reference), train and beam (200 tools, 8 queries); the `real` part only resolves its two commands
