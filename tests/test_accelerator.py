@@ -38,6 +38,7 @@ def test_dry_run_runs_every_part(tmp_path):
   assert par["pass"] and par["model"]["name"] == "tiny"
   assert par["float32"]["rel_err"] < 1e-5 and par["float32"]["top1_agreement_all_positions"] == 1.0
   assert par["bfloat16"]["rel_err"] > 10 * par["float32"]["rel_err"]  # bf16 compute really ran in bf16
+  assert par["float32_default_precision"]["matmul_precision"] == "default"  # reported beside the gated two
 
   tr = parts["train"]
   assert tr["model_overrides"] == {"dtype": "bfloat16", "param_dtype": "float32", "remat": True,
