@@ -211,3 +211,14 @@ def load_encoder(directory, params, config: llama.LlamaConfig, tokenizer, cfg: G
   state = dict(np.load(pathlib.Path(directory) / "state.npz"))
   params, config, ids = restore_state(params, config, state, cfg)
   return params, config, ids, (lambda s: encode_text(tokenizer, s))
+
+
+def embed_with_backbone(directory, params, config: llama.LlamaConfig, tokenizer, tools, cfg: GistConfig,
+                        batch_size: int = 16) -> np.ndarray:
+  """[N, V, D] gist embeddings of `tools` by the stored gist encoder (`directory`: its adapter and gist rows) mounted
+  on another backbone of the same architecture: the tuned LLM of a post-guided round (Toolscaler section 4.2 repeats
+  the compression step on the refined model each round; the adapter is reused, not retrained). The backbone's own
+  LoRA factors, if any, are merged first; its extra vocabulary rows (code tokens) are kept and never read."""
+  params, config = lora_lib.merge_lora(params, config)
+  p, c, ids, tokenize = load_encoder(directory, params, config, tokenizer, cfg)
+  return embed_tools(p, c, [tool_fields(t) for t in tools], tokenize, ids, cfg, batch_size=batch_size)

@@ -57,9 +57,10 @@ def post_guided_refinement(params: Any, codebook: Any, model: vocab_lib.Model, *
                            train: Callable[[Any, Any, vocab_lib.Model, int], Any],
                            add_tokens: Callable[[Any, vocab_lib.Model, Any], tuple[Any, vocab_lib.Model]] | None = None,
                            ) -> tuple[Any, Any, vocab_lib.Model, list[RefinementRound]]:
-  """T = `rounds` rounds of: `embed_tools(params, model, r)` -> [N, D]; `quantize(emb, codebook, r)` -> the new
-  codebook; `add_tokens(params, model, new)` -> (params, model) (default `add_code_tokens`); `train(params, new,
-  model, r)` -> params. Returns (params, codebook, model, one `RefinementRound` per round)."""
+  """T = `rounds` rounds of: `embed_tools(params, model, r)` -> [N, D] or [N, V, D] (the first codebook's space);
+  `quantize(emb, codebook, r)` -> the new codebook; `add_tokens(params, model, new)` -> (params, model) (default
+  `add_code_tokens`); `train(params, new, model, r)` -> params. Returns (params, codebook, model, one
+  `RefinementRound` per round)."""
   add_tokens = add_tokens or (lambda p, m, cb: add_code_tokens(p, m, cb))
   history = []
   for r in range(rounds):
