@@ -165,3 +165,35 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
       if log:
         log(f"code engine step {s + 1}/{steps}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}")
   return trainable, history
+
+
+def prototype_rows(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib.Partition, token_table,
+                   trainable=None, batch_size: int = 64) -> jax.Array:
+  """Output rows with signal: row of (level l, code k) = the mean hidden state h_l of the cached examples whose
+  code at level l is k (the prototype init of issue #15's probe), rescaled to the mean norm of the pretrained
+  output rows; codes no example uses keep their current row. Returns [V - start, D], the new 'code_head' (or
+  'new_rows' for a tied model without one)."""
+  trainable = opt_lib.split(params, config, part) if trainable is None else trainable
+  table = np.asarray(token_table)
+  start, D = part.new_token_start, config.hidden_size
+  sums = np.zeros((config.vocab_size - start, D), np.float64)
+  counts = np.zeros(config.vocab_size - start, np.int64)
+  hidden = jax.jit(lambda t, b: code_hidden(t, params, config, part, b, cached=True))
+  for s in range(0, len(cache), batch_size):
+    idx = np.arange(s, min(s + batch_size, len(cache)))
+    h = np.asarray(hidden(trainable, cache.batch(idx)), np.float64)    # [B, L, D]
+    codes = cache.codes[idx]
+    for l in range(codes.shape[1]):
+      ok = codes[:, l] >= 0
+      rows = table[l, codes[ok, l]] - start
+      np.add.at(sums, rows, h[ok, l])
+      np.add.at(counts, rows, 1)
+  old = np.asarray(opt_lib.output_rows(params, trainable, config, part, np.arange(start, config.vocab_size)))
+  if config.tie_embeddings:
+    ref = params["embed"]["embedding"][:start]
+  else:
+    ref = params["lm_head"]["kernel"][:, :start].T
+  target = float(jnp.mean(jnp.linalg.norm(ref.astype(jnp.float32), axis=-1)))
+  proto = sums / np.maximum(counts, 1)[:, None]
+  proto *= target / np.maximum(np.linalg.norm(proto, axis=-1, keepdims=True), 1e-12)
+  return jnp.asarray(np.where(counts[:, None] > 0, proto, old), old.dtype)
