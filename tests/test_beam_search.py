@@ -228,6 +228,7 @@ def test_ranked_tools_dedups():
 
 
 @settings(max_examples=12, deadline=None)
+@pytest.mark.slow
 @given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(2, 5), st.booleans(), st.integers(2, 30),
        st.integers(1, 6))
 # Found by hypothesis: a branch whose allowed tools were all removed and whose live tools were all outside the mask
@@ -261,6 +262,7 @@ def test_property_only_valid_live_subset_tools(seed, length, k, variable, n, bea
     assert np.all(np.diff(scores[q][valid]) <= 1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_llama_greedy_generate_equals_full_forward_argmax():
   from toolgen_jax.decoding import constrained
   from toolgen_jax.models import llama

@@ -108,6 +108,7 @@ def test_bad_manifest(tmp_path):
     cb_lib.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_build_rqvae_from_config_with_graph():
   from toolgen_jax.data import cooccurrence
   rng = np.random.default_rng(0)

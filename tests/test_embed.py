@@ -60,6 +60,7 @@ def test_non_string_input_names_the_record(minilm):
     embed.encode_texts(["ok", 3], minilm)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["bert", "mpnet"])
 def test_random_hf_directory_parity(tmp_path, model_type):
   """Any BERT/MPNet directory goes through the same path (MPNet adds relative-position bias)."""

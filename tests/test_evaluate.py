@@ -114,6 +114,7 @@ def test_cli_errors(files, tmp_path, capsys):
   assert not (tmp_path / "wd" / "evaluate" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess(files, tmp_path):
   cmd = [sys.executable, "-m", "toolgen_jax.evaluate", f"--workdir={tmp_path / 'wd'}", f"--queries={files / 'a'}"]
   out = subprocess.run(cmd + ["--methods=bm25", "--setting=in-domain"], capture_output=True, text=True, timeout=300)

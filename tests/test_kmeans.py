@@ -15,6 +15,7 @@ def blobs():
   return x.astype(np.float32)
 
 
+@pytest.mark.slow
 def test_inertia_within_two_percent_of_sklearn(blobs):
   ours = km.kmeans(jax.random.key(0), blobs, 32, n_init=3)
   ref = KMeans(32, n_init=3, random_state=0, algorithm="lloyd").fit(blobs)

@@ -69,6 +69,7 @@ def test_param_axes_match_params():
     assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(lambda x: x.shape, p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_logit_parity_with_transformers(name):
   config = VARIANTS[name]
@@ -135,6 +136,7 @@ def test_reorder_cache_gathers_rows():
     np.testing.assert_allclose(np.asarray(got[i]), np.asarray(ref[0]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_loop_remat_and_bf16_agree():
   config = VARIANTS["qwen2_bias"]
   params = _random_params(config)
@@ -159,6 +161,7 @@ def test_scan_loop_remat_and_bf16_agree():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_matmul_and_cross_entropy_gradients_match_autodiff():
   """The hand-written backward passes (matmul, softmax_cross_entropy) equal autodiff of the plain formulas."""
   ks = jax.random.split(jax.random.key(3), 8)
