@@ -55,6 +55,7 @@ def test_contrastive_loss_masks_other_copies_of_the_positive():
   assert unmasked > masked
 
 
+@pytest.mark.slow
 def test_fine_tuning_learns_pairs_without_shared_words():
   enc = _encoder()
   queries = [Query(f"q{i}", t, (tool,), split="train") for i, (t, tool) in enumerate(QUERIES)]

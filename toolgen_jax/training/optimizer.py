@@ -15,7 +15,13 @@ decay off them, so the bottom of the network stays bit-identical.
 Frozen leaves get `optax.set_to_zero()` (no Adam moments, and their gradients are never read, so XLA drops their
 computation); row-masked leaves keep moments but their gradient and update are zero outside the new rows, so the
 pretrained vocabulary is left bit-identical. Gradient accumulation lives in the train step (a scan over
-microbatches, no extra optimizer state); see `train.py`.
+microbatches, no extra optimizer state); see `train.py`. The mask itself is defined once, in `models/lora.py`.
+
+The code engine (`code_engine.py`) trains differently: `Partition` names the slices that change (added rows, top
+layers, final norm, untied code output rows), `split` copies them into a small pytree, and `make_group_optimizer`
+keeps AdamW moments for that pytree only, one learning rate per group ('rows' ~1e-3..3e-3, 'layers' ~1e-4). The
+pretrained rest is never differentiated, so it stays bit-identical also for a tied embedding; `export` writes the
+result back as a plain Llama (untying the head when the codes have their own output rows).
 """
 
 from __future__ import annotations
