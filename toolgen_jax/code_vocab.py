@@ -52,9 +52,12 @@ def token_members(codebook: Codebook, active_only: bool = True) -> list[list[int
   if cb.token_kind == "vocab":
     return []
   out = []
-  for level, size in enumerate(cb.level_sizes):
+  for level, size in enumerate(cb.level_sizes):  # one stable sort per level: O(N log N) (atomic: N tokens)
     col = cb.codes[:, level] if level < cb.num_levels else np.full(cb.num_tools, -1)
-    out.extend(np.nonzero((col == code) & mask)[0].tolist() for code in range(size))
+    ids = np.nonzero((col >= 0) & mask)[0]
+    ids = ids[np.argsort(col[ids], kind="stable")]
+    bounds = np.searchsorted(col[ids], np.arange(size + 1))
+    out.extend(ids[bounds[c]:bounds[c + 1]].tolist() for c in range(size))
   return out
 
 
