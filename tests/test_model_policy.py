@@ -160,6 +160,7 @@ def _train_sequences(policy):
   return seqs
 
 
+@pytest.mark.slow
 def test_briefly_trained_model_runs_its_episode_to_finish(config):
   params = llama.init_params(config, jax.random.PRNGKey(2))
   policy = make_policy(params, config)

@@ -58,6 +58,7 @@ def _hf_strided_reference(torch, model, ids, window, stride):
   return math.exp(nll_sum / n_sum), n_sum
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window,stride", [(16, 8), (16, 16), (64, 64), (12, 5)])
 def test_matches_hugging_face_recipe(tiny_torch_llama, window, stride):
   torch, model = tiny_torch_llama

@@ -25,6 +25,7 @@ def trained(clustered):
   return cfg, state, hist
 
 
+@pytest.mark.slow
 def test_reconstruction_error_falls_as_levels_are_added(trained, clustered):
   cfg, state, hist = trained
   errs = [rqvae.reconstruction_error(cfg, state.params, clustered, levels=l) for l in (1, 2, 3)]
@@ -33,6 +34,7 @@ def test_reconstruction_error_falls_as_levels_are_added(trained, clustered):
   assert np.isfinite([h["loss"] for h in hist]).all()
 
 
+@pytest.mark.slow
 def test_codes_are_balanced_and_deterministic(trained, clustered):
   cfg, state, _ = trained
   a = rqvae.assign_codes(cfg, state.params, clustered)
@@ -132,6 +134,7 @@ def test_eq6_on_quantised_vectors_matches_numpy_float64():
   assert not np.asarray(grad)[~used].any()
 
 
+@pytest.mark.slow
 def test_paper_form_trains_and_pulls_quantised_neighbours_together(clustered):
   from toolgen_jax.data import cooccurrence
   clustered = clustered[:300]

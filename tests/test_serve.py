@@ -347,6 +347,7 @@ def test_requests_in_one_window_are_decided_as_one_batch():
     srv.server_close()
 
 
+@pytest.mark.slow
 def test_a_thousand_unknown_tools_keep_memory_and_latency_flat():
   """1,000 distinct unknown tools through a 32-entry cache: the corpus never holds more than 32 request tools, the
   late requests are as fast as the early ones, and traced memory does not grow between the 2nd and 4th quarter."""

@@ -17,6 +17,7 @@ TEXTS = [
 ]
 
 
+@pytest.mark.slow
 def test_matches_transformers_gguf_tokenizer_and_round_trips():
   tok = _model_refs.smollm2_tokenizer()
   ref = _model_refs.smollm2_tokenizer_hf_direct()

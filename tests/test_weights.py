@@ -14,6 +14,7 @@ from toolgen_jax.models import export, llama, weights
 import _model_refs
 
 
+@pytest.mark.slow
 def test_gguf_config_matches_preset():
   config, params = _model_refs.smollm2_ours()
   preset = llama.LlamaConfig.smollm2_135m()
@@ -93,6 +94,7 @@ PEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_load_peak_memory(tmp_path):
   """~240 MB in 8 shards: host peak grows by about one copy of the weights, not two."""
   config = llama.LlamaConfig.tiny(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_layers=8,
