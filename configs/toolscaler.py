@@ -20,7 +20,9 @@ def get_config(arg: str | None = None):
   c.codebook.levels = 2
   c.codebook.size = {"paper": 512, "gorilla": 16}.get(arg, 128)
   c.codebook.pca_dim = 32
-  c.vocab.init = "codebook"
+  # Section 4.2's reframed embedding: first level of a position = mean of its member tools' gist outputs, deeper
+  # levels = inverse PCA of the residual centroids (a sentence encoder's vectors go through a least-squares map).
+  c.vocab.init = "reframe"
   if arg == "paper":
     c.encoder.kind = "gist"
     c.encoder.gist_steps = 2000

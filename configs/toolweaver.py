@@ -17,5 +17,7 @@ def get_config(arg: str | None = None):
   # Eq. 6 on the quantised vectors (A normalised as data.cooccurrence_normalization) at :paper; the CPU variants
   # keep the latent variant their BENCHMARKS figures were measured with.
   c.codebook.collab_form = "paper" if arg == "paper" else "latent_contrast"
-  c.vocab.init = "codebook"
+  # :paper initialises the code tokens from the RQ-VAE codebook (released README), mapped into the embedding space
+  # by least squares; the CPU variants keep the member-mean init their BENCHMARKS figures were measured with.
+  c.vocab.init = "rqvae_codebook" if arg == "paper" else "codebook"
   return base.lock(c)

@@ -9,7 +9,7 @@ import pytest
 
 from toolgen_jax import pipeline
 from toolgen_jax.artifact import Workdir
-from toolgen_jax.code_vocab import token_members, token_strings
+from toolgen_jax.code_vocab import token_members, token_string, token_strings
 from toolgen_jax.codebook import codebook as cb_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ def _tiny_gist_config():
   c.codebook.levels = 2
   c.codebook.size = 4
   c.codebook.pca_dim = 4
+  c.vocab.init = "reframe"  # Toolscaler's: gist outputs are already in the model's space
   return c
 
 
@@ -46,6 +47,11 @@ def test_refinement_keeps_the_code_length_of_a_gist_codebook(tmp_path):
   cb = pipeline.load_codebook(config, wd, ds, emb)
   assert cb.num_levels == 4
   model = pipeline.build_model(config, wd, ds, cb)
+  table = np.asarray(model.params["embed"]["embedding"])
+  c = int(cb.codes[0, 2])  # the first level of gist position 1 starts at its member tools' mean gist output
+  want = emb[cb.codes[:len(emb), 2] == c, 1].mean(0)
+  row = table[model.tokenizer.token_to_id(token_string("codes", 2, c))]
+  np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-5)
   seen = []
 
   def train(params, codebook, m, r):  # the round's training step is not what this test is about

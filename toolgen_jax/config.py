@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- vocabulary extension (toolgen_jax/models/vocab) -------------------------------------------------------
   c.vocab = ml_collections.ConfigDict()
-  c.vocab.init = "codebook"       # codebook | subword_mean | random
+  c.vocab.init = "codebook"       # codebook | subword_mean | random | rqvae_codebook | reframe (models/vocab.py)
   c.vocab.pad_to_multiple = 128   # round the vocabulary up (zero rows; decoders mask ids >= len(tokenizer))
 
   # --- training (toolgen_jax/training) -------------------------------------------------------------------------
@@ -323,7 +323,7 @@ CHOICES = {
     "encoder.dtype": ("float32", "bfloat16", "float16"),
     "codebook.method": ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic"),
     "codebook.collab_form": ("paper", "latent_contrast"),
-    "vocab.init": ("random", "subword_mean", "codebook"),
+    "vocab.init": ("random", "subword_mean", "codebook", "rqvae_codebook", "reframe"),
     "train.trainable": ("all", "lora", "lora_and_new_tokens", "new_tokens"),
     "train.packing": ("pad", "bucket"),
     "train.multi_target": ("separate", "joint"),

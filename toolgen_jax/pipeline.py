@@ -196,11 +196,30 @@ def build_model(config, wd: Workdir, ds, cb) -> Model:
     kw["token_members"] = token_members(cb)
   elif init == "subword_mean" and cb.token_kind == "atomic":  # ToolGen: a tool token starts at its name's sub-words
     kw["token_texts"] = [ds.corpus[i].name for i in range(cb.num_tools)]
+  elif init in vocab_lib.ROW_INITS:
+    kw["rows"] = code_token_rows(config, wd, ds, cb, new_tokens,
+                                 vocab_lib.tool_model_vectors(params, mcfg, tok, tool_documents(config, ds)))
   params, mcfg, tok = vocab_lib.extend_vocab(params, mcfg, tok, new_tokens, init, rng=int(config.seed),
                                              pad_to_multiple=int(config.vocab.pad_to_multiple), **kw)
   _say(f"[model] {config.model.checkpoint}: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, vocabulary "
        f"{n_old} + {len(new_tokens)} tool tokens (init={init}) in {time.perf_counter() - t0:.1f}s")
   return Model(config=mcfg, params=params, tokenizer=tok, new_token_start=n_old)
+
+
+def code_token_rows(config, wd: Workdir, ds, cb, new_tokens, tool_vectors: np.ndarray) -> np.ndarray:
+  """[len(new_tokens), D] rows of the `rqvae_codebook` / `reframe` inits: each code's vector in model space
+  (`codebook.code_vectors`) under its token (`code_vocab.token_string`); NaN (random) for a token without one.
+  tool_vectors [N, D]: the corpus tools' mean document-token embeddings."""
+  from toolgen_jax.code_vocab import token_string
+  from toolgen_jax.codebook import code_vectors
+  emb = load_embeddings(config, wd, ds)
+  if config.vocab.init == "rqvae_codebook":
+    levels = code_vectors.rqvae_code_vectors(cb, emb, tool_vectors)
+  else:  # gist outputs are the backbone's hidden states: no map into the model's space
+    levels = code_vectors.reframe_code_vectors(cb, emb, None if emb.ndim == 3 else tool_vectors)
+  vec = {token_string(cb.token_kind, l, c): v for l, lv in enumerate(levels) for c, v in enumerate(lv)}
+  nan = np.full(tool_vectors.shape[1], np.nan, np.float32)
+  return np.stack([vec.get(t, nan) for t in new_tokens])
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
