@@ -54,9 +54,9 @@ def rqvae_code_vectors(codebook, x: np.ndarray, tool_vectors: np.ndarray) -> lis
 def reframe_code_vectors(codebook, emb: np.ndarray, tool_vectors: np.ndarray | None = None) -> list[np.ndarray]:
   """Toolscaler's reframed embedding (module docstring). `codebook`: a 'residual_kmeans' `Codebook`; emb [N, P, D]
   (or [N, D]): the embeddings it was fitted on, rows 0..N-1; tool_vectors [N, D_model]: None when emb is already in
-  the model's space (gist outputs), else the targets of the affine map (a sentence encoder: P = 1). -> P*L arrays [K, D_model] float32 (flat
-  level p*L + l, as the codes). A first-level code no corpus tool holds (e.g. only Finish's) takes its centroid's
-  inverse PCA, mean included."""
+  the model's space (gist outputs), else the targets of the affine map (a sentence encoder: P = 1).
+  -> P*L arrays [K, D_model] float32 (flat level p*L + l, as the codes). A first-level code no corpus tool holds
+  (e.g. only Finish's) takes its centroid's inverse PCA, mean included."""
   if codebook.method != "residual_kmeans":
     raise ValueError(f"vocab.init='reframe' needs a residual_kmeans codebook, got {codebook.method!r}")
   st = codebook.rkm_state()

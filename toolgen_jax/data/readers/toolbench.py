@@ -8,7 +8,14 @@
   conversation) becomes a Trajectory; assistant turns give thought (content) / action (function_call.name mapped
   back to a corpus tool) / action input (arguments); `Finish` -> action None, action_name 'Finish';
 - `retrieval/G*/corpus.tsv` (docid, document_content JSON), `*.query.txt` (qid, query), `qrels.<split>.tsv`
-  (qid, 0, docid, label).
+  (qid, 0, docid, label);
+- `test_instruction/G1_instruction.json` (I1), `G1_tool.json` (I1-Tool, unseen tools), `G1_category.json` (I1-Cat,
+  unseen categories), `G2_instruction.json`, `G2_category.json`, `G3_instruction.json`: ToolBench's official test
+  sets, the ones ToolGen, ToolWeaver and Toolscaler report (StableToolBench's `solvable_queries/test_instruction/`
+  is read the same way when the folder holds that instead). Their queries are the `test` split, grouped I1 ..
+  I2-Cat; the instruction pools' queries become `train`, minus any that is a test query (same group number and
+  query id, or the same text; counted `train_query_in_test_set`), and answers of test queries are dropped
+  (`trajectory_of_test_query`). `test_query_ids/` only repeats the ids and is not read.
 
 Function names map back to tools through ToolBench's own naming (`{standardize(api)}_for_{standardized tool}`,
 last 64 chars). A called function that no loaded doc explains is built into a tool from the answer's own
@@ -18,6 +25,7 @@ last 64 chars). A called function that no loaded doc explains is built into a to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import pathlib
@@ -36,6 +44,7 @@ SOURCE = "toolbench"
 FINISH = "Finish"
 _SUBFUNCTION = re.compile(r'subfunction for tool "(?P<tool>[^"]*)"')
 _DESC = re.compile(r'The description of this function is: "(?P<desc>.*)"\s*$', re.S)
+_TEST_FILE = re.compile(r"^G\d+_(instruction|tool|category)\.json$")
 _REACT = re.compile(r"^(?:Thought:\s*(?P<thought>.*?)\s*)?Action:\s*(?P<action>.*?)\s*\nAction Input:\s*(?P<input>.*)$",
                     re.S)
 
@@ -122,6 +131,50 @@ def _read_retrieval(rdir: pathlib.Path, builder: CorpusBuilder, report: LoadRepo
       queries.append(Query(id=f"retrieval/{group or rdir.name}/{qid}", text=texts[qid], relevant=tuple(tids),
                            group=group, split=split))
   return queries
+
+
+def _test_key(query_id: str) -> tuple[str, str]:
+  """('I1', '588') for 'I1/588', 'I1-Tool/588' and answer ids 'I1/588': ToolBench numbers queries per group number,
+  and I1-Tool / I1-Cat queries come from the G1 pool."""
+  group, _, raw = query_id.partition("/")
+  return group.split("-")[0], raw
+
+
+def _read_test_sets(root: pathlib.Path, builder: CorpusBuilder, report: LoadReport) -> list[Query] | None:
+  """The official test sets' queries (split 'test'), or None when the folder has none."""
+  tdir = next((d for d in (root / "test_instruction", root / "solvable_queries" / "test_instruction")
+               if d.is_dir()), None)
+  if tdir is None:
+    return None
+  tests: list[Query] = []
+  seen: set[str] = set()
+  for f in sorted(tdir.glob("*.json")):
+    if not _TEST_FILE.match(f.name):
+      report.stat("test_instruction_files_skipped")
+      continue
+    tests += read_instruction_records(f, builder, report, SOURCE, "test", seen, group_ids=True)
+  report.stat("official_test_queries", len(tests))
+  return tests
+
+
+def _hold_out(queries: list[Query], trajectories: list[Trajectory], tests: list[Query], report: LoadReport):
+  """Training queries and answers without the test queries (by group number and id, or by text); the pools'
+  unsplit queries become 'train'."""
+  keys = {_test_key(q.id) for q in tests}
+  texts = {" ".join(q.text.lower().split()) for q in tests}
+  kept = []
+  for q in queries:
+    if (q.split in ("", "train") and _test_key(q.id) in keys) or " ".join(q.text.lower().split()) in texts:
+      report.count("train_query_in_test_set", q.id)
+      continue
+    kept.append(dataclasses.replace(q, split="train") if not q.split else q)
+  trajs = []
+  for t in trajectories:
+    if _test_key(t.query_id) in keys:
+      report.count("trajectory_of_test_query", t.id)
+      continue
+    trajs.append(t)
+  return kept, trajs
 
 
 def _function_tool(fn: Mapping[str, Any], path, report: LoadReport, field: str) -> Tool:
@@ -235,7 +288,8 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
   root = pathlib.Path(path)
   if not root.is_dir():
     raise DataError(str(root), None, None, "ToolBench reader expects the data folder")
-  if not any((root / p).is_dir() for p in ("toolenv", "instruction", "answer", "retrieval")):
+  parts = ("toolenv", "instruction", "answer", "retrieval", "test_instruction")
+  if not any((root / p).is_dir() for p in parts):
     sub = root / "data_example" if (root / "data_example").is_dir() else root / "data"
     if sub.is_dir():
       root = sub
@@ -255,6 +309,8 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
         report.stat("instruction_files_skipped")
         continue
       queries += read_instruction_records(f, builder, report, SOURCE, "", seen, group_ids=True)
+  tests = _read_test_sets(root, builder, report)
+  found = found or tests is not None
   if (root / "retrieval").is_dir():
     found = True
     dirs = [d for d in sorted((root / "retrieval").iterdir()) if d.is_dir()] or [root / "retrieval"]
@@ -278,7 +334,11 @@ def read(path: str | pathlib.Path, *, log: bool = True) -> ToolDataset:
         if t is not None:
           trajectories.append(t)
   if not found:
-    raise DataError(str(root), None, None, "none of toolenv/tools, instruction, retrieval, answer is here")
+    raise DataError(str(root), None, None,
+                    "none of toolenv/tools, instruction, test_instruction, retrieval, answer is here")
+  if tests is not None:
+    queries, trajectories = _hold_out(queries, trajectories, tests, report)
+    queries += tests
   require_tools(builder.corpus, root)
   qids = {q.id for q in queries}
   missing = [t.query_id for t in trajectories if t.query_id not in qids]
