@@ -16,7 +16,8 @@
                   Gist outputs are the backbone's own hidden states, already in the model's space. With a sentence
                   encoder (another space and width) the same affine least-squares map, fitted from the tools'
                   embeddings to their mean document-token embeddings, carries the vectors over (offset at the first
-                  level of each position only).
+                  level of each position only). Rows are not rescaled (the paper's form), although final-norm
+                  hidden states can be longer than the embedding's rows.
 
 Both return one [K_l, D] array per base level of the codebook (a collision suffix level has none). Which token
 stands for code c at level l is `code_vocab`'s (the pipeline's `code_token_rows` joins the two).
