@@ -177,6 +177,15 @@ def _stb_records(n):
   return recs
 
 
+def _stb_config(tmp_path, test_fraction):
+  from toolgen_jax.config import base_config
+  cfg = base_config()
+  cfg.data.source = "stabletoolbench"
+  cfg.data.path = str(instruction_file(tmp_path / "G1_instruction.json", _stb_records(40)))
+  cfg.data.test_fraction, cfg.data.dev_fraction = test_fraction, 0.0
+  return cfg.data
+
+
 def test_graph_ignores_test_queries_after_resplit(tmp_path):
   """from_config re-splits StableToolBench, then fits the graph: removing every test query leaves it unchanged,
   adding one changes nothing, and it equals the brute-force graph of the training queries."""
@@ -233,3 +242,23 @@ def test_real_protocol_graph_ignores_test_queries(shared_data):
   train_only = fit_cooccurrence(dataclasses.replace(ds, queries=[q for q in ds.queries if q.split == "train"]))
   assert ds.cooccurrence.num_edges > 0
   assert (ds.cooccurrence.counts != train_only.cooccurrence.counts).nnz == 0
+
+
+def test_dev_fraction_carves_dev_out_of_a_sources_own_training_split(tmp_path, monkeypatch):
+  """A source with its own train/test keeps its test queries; dev_fraction moves training queries to dev, and the
+  graph is refitted without them."""
+  from toolgen_jax.config import base_config
+  from toolgen_jax.data import from_config, readers
+  base = from_config(_stb_config(tmp_path, test_fraction=0.25), seed=2)  # a train/test dataset to start from
+  before = {q.id: q.split for q in base.queries}
+  monkeypatch.setattr(readers, "load_source", lambda source, path=None: base)
+  cfg = base_config()
+  cfg.data.dev_fraction = 0.2
+  ds = from_config(cfg.data, seed=2)
+  after = {q.id: q.split for q in ds.queries}
+  assert {i for i, s in before.items() if s == "test"} == {i for i, s in after.items() if s == "test"}
+  dev = [i for i, s in after.items() if s == "dev"]
+  assert len(dev) == 6 and all(before[i] == "train" for i in dev)  # 20% of the 30 training queries
+  train = [q for q in ds.queries if q.split == "train"]
+  np.testing.assert_array_equal(_graph_of(ds), _dense([q.relevant for q in train], len(ds.corpus)))
+  assert ds.report.stats["dev_queries_from_train"] == 6

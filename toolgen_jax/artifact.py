@@ -179,11 +179,19 @@ def build_trie(config, codebook, tokenizer, *, finish: bool = False):
 def tool_embedder(config, root: pathlib.Path | None, kind: str | None, model: Model | None):
   """(tools, docs) -> [M, ...] embeddings in the space a frozen quantiser reads, by the codebook's encoder kind
   (`Codebook.encoder['kind']`): 'llm_mean' the trained LLM's mean hidden states (post-guided codes), 'gist' the
-  workdir's gist encoder, else the sentence encoder of `config.encoder`."""
+  workdir's gist encoder, 'gist_tuned' that encoder on the trained LLM (post-guided gist codes), else the sentence
+  encoder of `config.encoder`."""
   if kind == "llm_mean":
     from toolgen_jax.codebook import embed
     return lambda tools, docs: embed.llm_tool_embeddings(model.params, model.config, model.tokenizer, docs,
                                                          max_len=int(config.encoder.max_len))
+  if kind == "gist_tuned":  # post-guided rounds of a gist codebook: the stored gist encoder on the tuned model
+    from toolgen_jax.codebook import gist
+    if root is None or model is None:
+      raise ValueError("coding new tools with a refined gist codebook needs the workdir and its trained model")
+    gcfg = gist.config_from(config.encoder, int(config.seed))
+    return lambda tools, docs: gist.embed_with_backbone(pathlib.Path(root) / "embeddings" / "gist", model.params,
+                                                        model.config, model.tokenizer, tools, gcfg)
   if kind == "gist":
     from toolgen_jax.codebook import gist
     from toolgen_jax.models import tokenizer as tok_lib

@@ -10,6 +10,7 @@ modules, never this registry, so the imports only go down.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any, Callable
 
@@ -52,6 +53,7 @@ def from_config(data_config, seed: int = 0) -> ToolDataset:
   Sources with both (ToolLens train/test, Gorilla train/eval) keep theirs. Others (BFCL: none; StableToolBench:
   test only) get `split_queries` with fractions (1 - dev - test, dev, test) from `data.dev_fraction` and
   `data.test_fraction`, stratified by group when `data.split_by_group` (counted in stats `resplit_queries`).
+  Sources with their own splits get `data.dev_fraction` of their training queries as dev (`dev_queries_from_train`).
   The co-occurrence graph is refitted after the split, on the training episodes only (`fit_cooccurrence`).
   """
   ds = load_source(data_config.source, data_config.path or None)
@@ -64,4 +66,14 @@ def from_config(data_config, seed: int = 0) -> ToolDataset:
     ds.queries = sorted((q for v in parts.values() for q in v), key=lambda q: order[q.id])
     ds.report.stat("resplit_queries", len(ds.queries))
     ds = fit_cooccurrence(ds)
+  elif ds.queries and float(data_config.dev_fraction) > 0 and "dev" not in splits:
+    # The source has its own train and test splits: the dev queries come out of its training split.
+    train = [q for q in ds.queries if q.split in TRAIN_SPLITS]
+    dev = float(data_config.dev_fraction)
+    moved = {q.id for q in split_queries(train, (1.0 - dev, dev), seed=seed, names=("train", "dev"),
+                                         by_group=bool(data_config.split_by_group))["dev"]}
+    ds.queries = [dataclasses.replace(q, split="dev") if q.split in TRAIN_SPLITS and q.id in moved else q
+                  for q in ds.queries]
+    ds.report.stat("dev_queries_from_train", len(moved))
+    ds = fit_cooccurrence(ds)  # dev queries leave the training graph too
   return restrict(ds, int(data_config.max_tools), int(data_config.max_queries))
