@@ -72,8 +72,9 @@ def test_report_structure(run):
       # One query's NDCG@1 is 0 or 1 (its first tool is relevant or not): the mean times n counts hits.
       assert cell["ndcg@1"] * count == pytest.approx(round(cell["ndcg@1"] * count), abs=1e-6), (split, cell)
     assert res["in-domain"]["test"]["all"]["n"] > 0
-  # A tool's own document as the query: BM25 ranks that tool first (the "own documents" column of BENCHMARKS.md).
-  assert methods["bm25"]["multi-domain"]["memorisation"]["all"]["ndcg@1"] == 1.0
+  # A tool's own (truncated) document as the query: BM25 ranks that tool first for 11 of the 12 probed tools. BM25
+  # reads only documents and queries (no training), so this figure moves only if the corpus or the documents do.
+  assert methods["bm25"]["multi-domain"]["memorisation"]["all"]["ndcg@1"] == pytest.approx(11 / 12)
   assert {"base", "tuned"} <= set(on_disk["perplexity"])
   assert list((wd / "plots").glob("*.png"))
   status = json.loads((wd / "status.json").read_text())
