@@ -222,3 +222,19 @@ def test_two_hosts_load_their_own_rows_and_match_one_host():
     assert h["rows_loaded"] == 12 and h["encoded"] <= 12   # each host reads only its half of every batch
     np.testing.assert_allclose(h["losses"], ref["losses"], rtol=0, atol=1e-5)
   assert abs(ref["losses"][2] - ref["losses"][0]) > 1e-3
+
+
+def test_aot_memory_of_a_tiny_model_on_one_device():
+  """Fast tier: the AOT path of the 8B check above, on the tiny Llama and the one real device (nothing allocated)."""
+  from toolgen_jax.models import llama
+  from toolgen_jax.training import aot
+  c = config_lib.base_config()
+  mc = llama.LlamaConfig.tiny()
+  rep = aot.train_step_memory(mc, c.train, {"data": 1, "fsdp": 1, "tensor": 1}, c.mesh.logical_axis_rules,
+                              batch=2, seq_len=16, devices=jax.devices()[:1])
+  n = int(sum(np.prod(x.shape) for x in jax.tree.leaves(llama.param_shapes(mc))))
+  assert rep["devices"] == 1 and rep["state_bytes_per_device"] >= 12 * n  # fp32 params + Adam mu, nu (+ counters)
+  assert rep["state_bytes_per_device"] < 12 * n + 1024
+  assert rep["argument_size_in_bytes"] >= rep["state_bytes_per_device"]
+  assert rep["bytes_per_device"] == (rep["argument_size_in_bytes"] + rep["temp_size_in_bytes"]
+                                     + rep["output_size_in_bytes"] - rep["alias_size_in_bytes"])
