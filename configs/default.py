@@ -3,6 +3,7 @@
 codes, Sinkhorn, collaborative loss), memorisation then retrieval, evaluation next to BM25 and embedding similarity.
 
   python -m toolgen_jax.main --config=configs/default.py --workdir=workdirs/default
+  python -m toolgen_jax.main --config=configs/default.py:engine --workdir=workdirs/default_engine   # code engine
 
 Budget: set-up plus run within 20 minutes on a 2-core CPU, hence the CPU recipe (`config.cpu_recipe`). Measured
 figures and run times: BENCHMARKS.md, "Default demo".
@@ -11,7 +12,12 @@ figures and run times: BENCHMARKS.md, "Default demo".
 from toolgen_jax import config as base
 
 
-def get_config():
+def get_config(variant: str = ""):
+  """variant "" = the demo as the README runs it; "engine" = the same data and codebook trained with the code engine
+  (`train.engine='code'`: SmolLM2 frozen, features cached once, the code tokens' own output rows trained on the
+  level softmax for 20 epochs of each stage; decoding normalises the same way)."""
+  if variant not in ("", "engine"):
+    raise ValueError(f"configs/default.py variants: '' or 'engine', got {variant!r}")
   c = base.cpu_recipe(base.base_config())
   c.data.source = "bfcl"
   c.data.test_fraction = 0.2
@@ -32,4 +38,12 @@ def get_config():
   c.eval.memorization_tools = 40
   c.eval.batch_size = 8
   c.eval.perplexity_tokens = 1024
+  if variant == "engine":
+    c.train.engine = "code"
+    c.train.frozen_layers = 30           # every SmolLM2 layer frozen: the cache holds the states at the code positions
+    c.train.code_loss = "level"
+    c.train.batch_size = 32
+    c.train.stage_epochs.memorization = 20.0
+    c.train.stage_epochs.retrieval = 20.0
+    c.decode.normalize = "level"
   return base.lock(c)

@@ -81,10 +81,12 @@ def test_choices_agree_with_the_modules_that_own_them():
   from toolgen_jax.data import readers
   from toolgen_jax.evaluation import bm25, harness
   from toolgen_jax.models import lora, vocab
-  from toolgen_jax.training import input_pipeline, stages
+  from toolgen_jax.decoding import beam_search
+  from toolgen_jax.training import code_loss, input_pipeline, stages
   owners = {"data.source": readers.READERS, "codebook.method": codebook.METHODS, "vocab.init": vocab.INITS,
             "train.trainable": lora.MODES, "train.packing": input_pipeline.PAD_MODES,
-            "train.multi_target": stages.MULTI_TARGET, "eval.bm25_analyzer": bm25.ANALYZERS}
+            "train.multi_target": stages.MULTI_TARGET, "eval.bm25_analyzer": bm25.ANALYZERS,
+            "train.engine": stages.ENGINES, "train.code_loss": code_loss.MODES, "decode.normalize": beam_search.NORMALIZE}
   for path, owned in owners.items():
     assert set(base.CHOICES[path]) == set(owned), path
   members = {"train.stages": stages.STAGES, "eval.settings": harness.SETTINGS, "eval.baselines": evaluate.BASELINES,

@@ -269,3 +269,46 @@ def test_run_stages_chains_stages_and_skips_finished_ones(stabletoolbench, tmp_p
   params2, _, _, res2 = stages.run_stages(c, **kw)
   assert res2["retrieval"].fit.resumed_from == 3 and res2["retrieval"].fit.history == []
   np.testing.assert_array_equal(params2["embed"]["embedding"], params["embed"]["embedding"])
+
+
+def test_code_engine_stage_trains_code_rows_only_and_resumes(tmp_path):
+  """train.engine='code' through the orchestration: the pretrained rows and the frozen layer stay bit-identical,
+  the head comes out untied with trained code rows, the code accuracy rises, and a re-run loads the trained parts
+  instead of training again."""
+  import types
+
+  from toolgen_jax.models.vocab import Model
+  n_tools = 12
+  cb = toy_codebook(n_tools, LEVELS, SIZE)
+
+  class Codes(ToyCodes):
+    token_ids = np.array([[TOK.added[f"<T{l}_{c}>"] for c in range(SIZE)] for l in range(LEVELS)])
+
+  codes = Codes(cb)
+  corpus = data.ToolCorpus([data.Tool(id=i, tool_name=f"tool{i}", api_name=f"api{i}", description=f"does thing {i}")
+                            for i in range(n_tools)])
+  dset = types.SimpleNamespace(corpus=corpus, queries=[], trajectories=[])
+  c = config_lib.base_config()
+  c.train.stages, c.train.engine, c.train.frozen_layers = ("memorization",), "code", 1
+  c.train.batch_size, c.train.seq_len, c.train.log_every, c.train.lr_rows = 4, 96, 5, 1e-2
+  c.train.stage_epochs.memorization = 30.0
+  mc = llama.LlamaConfig.tiny(vocab_size=TOK.vocab_size, tie_embeddings=True)
+  p0 = llama.init_params(mc, jax.random.PRNGKey(0))
+  start = 256 + 2  # bytes + ChatML specials come before the code tokens
+  kw = dict(model=Model(config=mc, params=p0, tokenizer=TOK, new_token_start=start), dataset=dset,
+            codebook=types.SimpleNamespace(finish_id=None), codes=lambda codebook, tok: codes,
+            workdir=str(tmp_path), log=lambda s: None)
+  params, _, model, res = stages.run_stages(c, **kw)
+  assert not model.config.tie_embeddings and res["memorization"].steps == 90  # ceil(30 epochs * 12 / 4)
+  hist = res["memorization"].fit
+  assert hist[-1]["accuracy"] > hist[0]["accuracy"] and hist[-1]["loss"] < hist[0]["loss"]
+  e0, e1 = np.asarray(p0["embed"]["embedding"]), np.asarray(params["embed"]["embedding"])
+  np.testing.assert_array_equal(e1, e0)  # input rows untouched: the cache stays exact
+  head = np.asarray(params["lm_head"]["kernel"])
+  np.testing.assert_array_equal(head[:, :start], e0[:start].T)  # pretrained output rows bit-identical
+  assert not np.allclose(head[:, start:], e0[start:].T)        # the code rows trained
+  np.testing.assert_array_equal(jax.tree.leaves(params["layers"])[0][0], jax.tree.leaves(p0["layers"])[0][0])
+  np.testing.assert_array_equal(np.asarray(model.params["lm_head"]["kernel"]), e0.T)  # base, untied alike
+  assert (tmp_path / "checkpoints" / "memorization" / "engine.npz").exists()
+  params2, _, _, _ = stages.run_stages(c, **kw)  # a re-run loads the trained parts
+  np.testing.assert_array_equal(np.asarray(params2["lm_head"]["kernel"]), head)

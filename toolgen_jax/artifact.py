@@ -230,7 +230,7 @@ class Trained:
     c = self.config
     kw = dict(beam_size=int(c.decode.beam_size), batch_size=int(c.eval.batch_size),
               alpha=float(c.decode.length_normalization), name=c.codebook.method,
-              system_prompt=c.train.get("system_prompt")) | kw
+              system_prompt=c.train.get("system_prompt"), normalize=c.decode.normalize) | kw
     return GenerativeRetriever(self.model.params, self.model.config, self.model.tokenizer, self.trie(), **kw)
 
   def add_tools(self, tools) -> Any:

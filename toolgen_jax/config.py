@@ -129,6 +129,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.refine_rounds = 0       # Toolscaler post-guided refinement rounds T (0 = off)
   c.train.tensorboard = True
   c.train.progress_bar = True
+  # Epochs per named stage (> 0 overrides stage_steps: steps = ceil(epochs * examples / batch_size)), so a config
+  # means the same training on any device.
+  c.train.stage_epochs = ml_collections.ConfigDict({"memorization": 0.0, "retrieval": 0.0, "trajectory": 0.0})
+  # The training engine (training/stages.py). recipe: `train.fit` on whole sequences, full-vocabulary loss on the
+  # target tokens (the papers' objective). code: the frozen bottom `frozen_layers` computed once into a feature
+  # cache (WORKDIR/feature_cache), only the top layers and the code tokens' own output rows trained, loss on the
+  # code positions over `code_loss`'s candidates (training/code_engine.py; memorisation/retrieval stages).
+  c.train.engine = "recipe"
+  c.train.code_loss = "level"     # code engine: level (the level's K codes) | trie (the prefix's children) | full
+  c.train.lr_rows = 2e-3          # code engine: peak learning rate of the code output rows
+  c.train.lr_layers = 1e-4        # code engine: peak learning rate of the top layers (and the final norm)
+  c.train.prototype_init = True   # code engine: code rows start at the mean cached hidden state of their tools
 
   # --- device mesh and logical axis rules (toolgen_jax/training/sharding) -------------------------------------
   c.mesh = ml_collections.ConfigDict()
@@ -151,6 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.decode.beam_size = 5
   c.decode.length_normalization = 0.0
   c.decode.dense_budget_bytes = 64 * 2**20
+  c.decode.normalize = "full"     # softmax a code is scored by: full (vocabulary) | level | trie (as train.code_loss)
 
   # --- evaluation (toolgen_jax/evaluation) -----------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -328,6 +341,8 @@ CHOICES = {
     "train.packing": ("pad", "bucket"),
     "train.multi_target": ("separate", "joint"),
     "train.best_mode": ("max", "min"),
+    "train.engine": ("recipe", "code"), "train.code_loss": ("level", "trie", "full"),
+    "decode.normalize": ("full", "level", "trie"),
     "mesh.distributed": ("auto", "always", "never"),
     "eval.bm25_method": ("lucene", "robertson", "atire", "bm25l", "bm25+"),
     "eval.bm25_analyzer": ("words", "nltk"),
@@ -359,6 +374,8 @@ RANGES = {
     "train.target_positions": _NONNEG, "train.loss_chunk": _NONNEG, "train.refine_rounds": _NONNEG,
     "train.stage_steps.memorization": _NONNEG, "train.stage_steps.retrieval": _NONNEG,
     "train.stage_steps.trajectory": _NONNEG, "train.stage_steps.refine": _NONNEG,
+    "train.stage_epochs.memorization": _NONNEG, "train.stage_epochs.retrieval": _NONNEG,
+    "train.stage_epochs.trajectory": _NONNEG,
     "decode.beam_size": _POS, "decode.length_normalization": _NONNEG, "decode.dense_budget_bytes": _NONNEG,
     "eval.ks": _POS, "eval.recall_ks": _POS, "eval.batch_size": _POS, "eval.perplexity_tokens": _NONNEG,
     "eval.train_queries": _NONNEG, "eval.memorization_tools": _NONNEG, "eval.depth": _POS,
@@ -369,7 +386,7 @@ RANGES = {
 }
 # Strictly positive reals (a zero rate or limit is never meant).
 POSITIVE = ("codebook.sinkhorn_epsilon", "codebook.learning_rate", "encoder.gist_learning_rate",
-            "train.learning_rate", "train.adam_eps", "agent.time_limit_s", "agent.tool_timeout_s")
+            "train.learning_rate", "train.adam_eps", "train.lr_rows", "train.lr_layers", "agent.time_limit_s", "agent.tool_timeout_s")
 # -1 = all / every remaining device; otherwise at least 1.
 ALL_OR_POSITIVE = ("data.max_queries", "data.max_tools", "eval.max_queries", "mesh.data", "mesh.fsdp", "mesh.tensor")
 _MISSING = object()

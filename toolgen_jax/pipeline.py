@@ -307,7 +307,7 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
       params, model.config, model.tokenizer, build_trie(config, cb, model.tokenizer),
       beam_size=int(config.decode.beam_size), batch_size=int(config.eval.batch_size),
       alpha=float(config.decode.length_normalization), name=config.codebook.method,
-      system_prompt=config.train.system_prompt)}
+      system_prompt=config.train.system_prompt, normalize=config.decode.normalize)}
   if "bm25" in config.eval.baselines:
     retrievers["bm25"] = bm25.from_config(tool_documents(config, ds), config.eval)
   if "embedding" in config.eval.baselines:

@@ -55,23 +55,25 @@ def prefill(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask
   return llama.logits_from_hidden(params, config, x[:, -1]), cache
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha"))
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "normalize"))
 def retrieve(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array,
              trie: trie_lib.DeviceTrie, *, beam_size: int, alpha: float = 0.0,
-             tool_mask: jax.Array | None = None) -> bs.BeamResult:
+             tool_mask: jax.Array | None = None, normalize: str = "full") -> bs.BeamResult:
   """Top-`beam_size` tools for each prompt (one compiled program: prefill + constrained beam search).
 
   Args:
     tokens, attention_mask: [Q, T] left-padded prompts ending where the tool codes start (see `left_pad`).
     trie: `Trie.device()`.
     tool_mask: optional [Q, num_tools] bool, the candidate tools allowed per query (in-domain setting).
+    normalize: the softmax a code is scored by (`trie_beam_search`): 'full' vocabulary, or 'level' / 'trie' as a
+      model trained with that `code_loss` mode was.
   Returns:
     BeamResult: tool_ids [Q, B] (-1 past the number of reachable tools), scores [Q, B], tokens [Q, B, D].
   """
   first, cache = prefill(params, config, tokens, attention_mask, trie.depth)
   allowed = None if tool_mask is None else trie_lib.allowed_nodes(trie, tool_mask)
   return bs.trie_beam_search(LlamaStep(config), llama.reorder_cache, params, first, cache, trie,
-                             beam_size=beam_size, alpha=alpha, allowed=allowed)
+                             beam_size=beam_size, alpha=alpha, allowed=allowed, normalize=normalize)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len", "eos_id", "alpha", "unroll"))

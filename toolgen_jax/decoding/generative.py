@@ -38,6 +38,7 @@ class GenerativeRetriever:
   progress: bool = True
   name: str = "generative"
   system_prompt: str | None = None
+  normalize: str = "full"  # config.decode.normalize: the softmax codes are scored by (as the model was trained)
 
   def __post_init__(self):
     self._device_trie = self.trie.device()
@@ -71,7 +72,8 @@ class GenerativeRetriever:
             tool_mask[row] = trie_lib.tool_mask_from_ids([ids], self._num_tools)[0]
         tool_mask = jnp.asarray(tool_mask)
       res = constrained.retrieve(self.params, self.model_config, jnp.asarray(tokens), jnp.asarray(mask),
-                                 self._device_trie, beam_size=beam, alpha=self.alpha, tool_mask=tool_mask)
+                                 self._device_trie, beam_size=beam, alpha=self.alpha, tool_mask=tool_mask,
+                                 normalize=self.normalize)
       ranked = bs.ranked_tools(res, k)
       for row, i in enumerate(idx):
         results[i] = [int(t) for t in ranked[row] if t >= 0][:k]

@@ -20,13 +20,13 @@ EvalFn = Callable[[Any], dict]
 
 def ndcg_eval_fn(model_config: Any, tokenizer: Any, trie: Any, queries: Sequence[Query], *, ks=(1, 3, 5),
                  setting: str = "multi-domain", beam_size: int = 5, batch_size: int = 8,
-                 system_prompt: str | None = None) -> EvalFn:
+                 system_prompt: str | None = None, normalize: str = "full") -> EvalFn:
   """state (anything with `.params`) -> {'ndcg@k', 'recall@k'} over `queries`, decoded under `trie`."""
 
   def fn(state) -> dict:
     retriever = GenerativeRetriever(params=state.params, model_config=model_config, tokenizer=tokenizer, trie=trie,
                                     beam_size=max(beam_size, max(ks)), batch_size=batch_size, progress=False,
-                                    system_prompt=system_prompt)
+                                    system_prompt=system_prompt, normalize=normalize)
     res = harness.evaluate(retriever, queries, ks=ks, settings=(setting,))
     cell = res[setting][harness.ALL][harness.ALL]
     return {k: float(v) for k, v in cell.items() if k.startswith(("ndcg@", "recall@"))}
@@ -56,6 +56,6 @@ def from_config(config: Any, dataset: Any, trie_fn: Callable[[Any, Any], Any]
   def make(codebook, model) -> EvalFn:
     return ndcg_eval_fn(model.config, model.tokenizer, trie_fn(codebook, model.tokenizer), dev, ks=ks,
                         beam_size=int(config.decode.beam_size), batch_size=int(config.eval.batch_size),
-                        system_prompt=config.train.get("system_prompt"))
+                        system_prompt=config.train.get("system_prompt"), normalize=config.decode.normalize)
 
   return make

@@ -68,9 +68,9 @@ def code_examples(encoded: Sequence[np.ndarray], token_table: np.ndarray, seq_le
   each (level, code)). Sequences longer than seq_len keep their last seq_len tokens (the input pipeline's rule)."""
   token_table = np.asarray(token_table)
   L = token_table.shape[0]
-  lookup = [{int(t): k for k, t in enumerate(row)} for row in token_table]
+  lookup = [{int(t): k for k, t in enumerate(row) if t >= 0} for row in token_table]  # -1: a level's unused slot
   is_code = np.zeros(int(token_table.max()) + 1, bool)
-  is_code[token_table.ravel()] = True
+  is_code[token_table[token_table >= 0]] = True
   n = len(encoded)
   out = CodeExamples(tokens=np.full((n, seq_len), pad_id, np.int32), attention_mask=np.zeros((n, seq_len), np.int32),
                      code_pos=np.full((n, L), -1, np.int32), codes=np.full((n, L), -1, np.int32))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 from absl import logging
 
 from toolgen_jax import prompts
@@ -29,6 +30,8 @@ from toolgen_jax.prompts import Example
 
 STAGES = ("memorization", "retrieval", "trajectory")
 MULTI_TARGET = ("separate", "joint")
+ENGINES = ("recipe", "code")  # config.train.engine (config.py says what each is)
+CODE_ENGINE_STAGES = ("memorization", "retrieval")  # code targets only; agent tuning's free text needs the recipe
 
 
 class CodeText(Protocol):
@@ -163,15 +166,84 @@ def training_trajectories(config: Any, dataset: Any) -> list[Trajectory]:
           and (t.id.split("/", 1)[0] if "/" in t.id else "all") not in held]
 
 
-def stage_steps(config: Any, stage: str) -> int:
-  """Steps of a stage: `train.stage_steps[stage]` if set (> 0), else `train.steps`. A post-guided round retrains
-  the last stage for `stage_steps.refine` steps when set, else as long as that stage."""
+def stage_steps(config: Any, stage: str, num_examples: int = 0) -> int:
+  """Steps of a stage: `train.stage_epochs[stage]` epochs of its `num_examples` when set (> 0), else
+  `train.stage_steps[stage]` if set (> 0), else `train.steps`. A post-guided round retrains the last stage for
+  `stage_steps.refine` steps when set, else as long as that stage."""
   per = config.train.stage_steps
   if stage.partition("_refine")[2]:
     if int(per.get("refine", 0)) > 0:
       return int(per["refine"])
     stage = stage.partition("_refine")[0]
+  epochs = float(config.train.get("stage_epochs", {}).get(stage, 0.0))
+  if epochs > 0 and num_examples > 0:
+    return max(1, int(np.ceil(epochs * num_examples / int(config.train.batch_size))))
   return int(per[stage]) if stage in per and int(per[stage]) > 0 else int(config.train.steps)
+
+
+def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: Any, vocab: Any,
+                   examples: Sequence[Example], steps: int, workdir: Any, *, prototype: bool,
+                   log: Callable[[str], None] = print) -> tuple[Any, Any, list[dict]]:
+  """One stage on the code engine (`train.engine='code'`): the examples' frozen bottom (`train.frozen_layers`
+  layers) computed once into WORKDIR/feature_cache/<stage>, then the top layers and the code tokens' own output
+  rows trained on `train.code_loss` for the stage's steps (`training.code_engine`). `prototype`: the code rows
+  start at the mean cached hidden state of their tools (the first code stage of a run). The trained parts are kept
+  as WORKDIR/checkpoints/<stage>/engine.npz: a re-run loads them instead of training. Returns (params, model config
+  (the head untied when the code rows are their own), per-step metrics)."""
+  import json
+  import pathlib
+
+  import jax
+
+  from toolgen_jax.training import code_engine, code_loss
+  from toolgen_jax.training import feature_cache as fc
+  from toolgen_jax.training import input_pipeline as ip
+  from toolgen_jax.training import optimizer as opt_lib
+  tc = config.train
+  table = np.asarray(vocab.token_ids)
+  encoded = [ip.encode_example(model.tokenizer, ex)[0] for ex in examples]
+  cex = fc.code_examples(encoded, table, int(tc.seq_len), pad_id=model.tokenizer.pad_id or 0)
+  part = opt_lib.Partition(new_token_start=model.new_token_start, frozen_layers=int(tc.frozen_layers))
+  trainable = opt_lib.split(params, model.config, part)
+  out = pathlib.Path(workdir) / "checkpoints" / name
+  saved = out / "engine.npz"
+  if saved.exists():
+    leaves, treedef = jax.tree_util.tree_flatten(trainable)
+    with np.load(saved) as z:
+      trainable = jax.tree_util.tree_unflatten(treedef, [z[f"leaf{i}"] for i in range(len(leaves))])
+    history = json.loads((out / "engine_history.json").read_text())
+    log(f"[train:{name}] code engine: trained parts loaded from {saved}")
+  else:
+    cache = fc.build(params, model.config, cex, frozen_layers=part.frozen_layers,
+                     directory=pathlib.Path(workdir) / "feature_cache" / name, log=log)
+    log(f"[train:{name}] feature cache: {len(cache)} examples, layer {part.frozen_layers} states "
+        f"({cex.truncated} prompts cut at seq_len {tc.seq_len})")
+    if prototype:
+      trainable["code_head"] = code_engine.prototype_rows(cache, params, model.config, part, table, trainable)
+    allowed = None
+    if tc.code_loss == "trie":
+      allowed = code_loss.trie_children_mask(codebook.codes[codebook.active], cex.codes, table.shape[1])
+    ecfg = code_engine.EngineConfig(
+        loss=tc.code_loss, lr_rows=float(tc.lr_rows), lr_layers=float(tc.lr_layers),
+        epochs=steps * int(tc.batch_size) / max(len(cex), 1), batch_size=int(tc.batch_size),
+        warmup_fraction=float(tc.warmup_fraction), weight_decay=float(tc.weight_decay),
+        grad_clip=float(tc.grad_clip), seed=int(config.seed))
+    trainable, history = code_engine.fit(cache, params, model.config, part, table, cfg=ecfg, trainable=trainable,
+                                         allowed=allowed, log=log, log_every=int(tc.log_every))
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(saved, **{f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(trainable))})
+    (out / "engine_history.json").write_text(json.dumps(history))
+  params, mcfg = opt_lib.export(params, trainable, model.config, part)
+  return params, mcfg, history
+
+
+def untie_like(params: Any, config: Any, target: Any) -> Any:
+  """`params` of a tied model written untied (lm_head = E^T, the same function) when `target` is untied, so base
+  and tuned weights share one model config."""
+  if config.tie_embeddings and not target.tie_embeddings:
+    params = dict(params)
+    params["lm_head"] = {"kernel": params["embed"]["embedding"].T}
+  return params
 
 
 # ---- the orchestration ----------------------------------------------------------------------------------------
@@ -182,7 +254,7 @@ class StageRun:
   name: str
   examples: int
   steps: int
-  fit: Any  # training.train.FitResult
+  fit: Any  # training.train.FitResult (recipe), or the code engine's per-step metrics (a list of dicts)
 
 
 def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, Any], CodeText], codebook: Any,
@@ -213,17 +285,32 @@ def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, A
         f"split != train, groups {tuple(config.data.trajectory_holdout_groups)})")
   results: dict[str, StageRun] = {}
 
+  engine = tc.get("engine", "recipe")
+  if engine not in ENGINES:
+    raise ValueError(f"config.train.engine must be one of {ENGINES}, got {engine!r}")
+  first_code_stage = next((s for s in tc.stages if engine == "code" and s in CODE_ENGINE_STAGES), None)
+
   def fit_stage(stage: str, name: str, params, codebook, model):
     if stage == "retrieval" and not train_q:
       raise ValueError(f"stage 'retrieval': the dataset has no queries in split {TRAIN_SPLIT!r}")
+    vocab = codes(codebook, model.tokenizer)
     examples = stage_examples(stage, corpus=dataset.corpus, queries=train_q, trajectories=train_t,
-                              codes=codes(codebook, model.tokenizer), tokenizer=model.tokenizer,
+                              codes=vocab, tokenizer=model.tokenizer,
                               train_config=tc, data_config=config.data, finish_id=codebook.finish_id)
-    pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(tc.batch_size), seq_len=int(tc.seq_len),
-                            seed=int(config.seed), pad_id=model.tokenizer.pad_id or 0, mode=tc.packing)
-    steps = stage_steps(config, name)
+    steps = stage_steps(config, name, len(examples))
     log(f"[train:{name}] {len(examples)} examples, {steps} steps of {tc.batch_size} "
         f"({steps * int(tc.batch_size) / max(len(examples), 1):.2f} epochs)")
+    if engine == "code" and stage in CODE_ENGINE_STAGES:
+      params, mcfg, history = fit_code_stage(config, name, params, codebook, model, vocab, examples, steps, workdir,
+                                             prototype=stage == first_code_stage and name == stage, log=log)
+      model = dataclasses.replace(model, config=mcfg, params=untie_like(model.params, model.config, mcfg))
+      if history:
+        log(f"[train:{name}] code loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}, "
+            f"accuracy {history[-1]['accuracy']:.3f}")
+      results[name] = StageRun(name=name, examples=len(examples), steps=steps, fit=history)
+      return params, model
+    pipe = ip.InputPipeline(examples, model.tokenizer, batch_size=int(tc.batch_size), seq_len=int(tc.seq_len),
+                            seed=int(config.seed), pad_id=model.tokenizer.pad_id or 0, mode=tc.packing)
     res = train_lib.fit(model_config=model.config, params=params, train_config=tc, mesh=mesh,
                         rules=config.mesh.logical_axis_rules, pipeline=pipe, workdir=workdir, stage=name,
                         total_steps=steps, seed=int(config.seed), new_token_start=model.new_token_start,
@@ -231,17 +318,19 @@ def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, A
     if res.history:
       log(f"[train:{name}] loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}")
     results[name] = StageRun(name=name, examples=len(examples), steps=steps, fit=res)
-    return res.state.params
+    return res.state.params, model
 
   params = model.params
   for stage in tc.stages:
-    params = fit_stage(stage, stage, params, codebook, model)
+    params, model = fit_stage(stage, stage, params, codebook, model)
   rounds = int(tc.get("refine_rounds", 0))
   if rounds:
     if refine is None:
       raise ValueError("config.train.refine_rounds > 0 needs a `refine` callable (training.refinement)")
+    if engine == "code":
+      raise ValueError("post-guided refinement (train.refine_rounds) runs on train.engine='recipe' only")
     last = tc.stages[-1]
     params, codebook, model = refine(
         params, codebook, model, rounds=rounds,
-        train=lambda p, cb, m, r: fit_stage(last, f"{last}_refine{r}", p, cb, m))
+        train=lambda p, cb, m, r: fit_stage(last, f"{last}_refine{r}", p, cb, m)[0])
   return params, codebook, model, results
