@@ -321,13 +321,28 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
                                      batch_size=int(config.eval.batch_size) * 8, progress=name,
                                      pool_exclude=probes.PROBE_SPLITS, group_pools=pools,
                                      depth=int(config.eval.depth) if baseline else None)
-  return {"queries": len(test), "methods": methods}
+  return {"queries": len(test), "methods": methods, "test_queries": test}
+
+
+def code_accuracy(config, cb, model: Model, params, queries) -> dict:
+  """Per-level teacher-forced code accuracy of the trained model on each scored split (`evaluation.code_accuracy`)."""
+  from toolgen_jax.evaluation.code_accuracy import teacher_forced_accuracy
+  vocab = CodeVocabulary(cb, model.tokenizer)
+  out = {}
+  for split in sorted({q.split for q in queries}):
+    out[split] = teacher_forced_accuracy(params, model.config, vocab, [q for q in queries if q.split == split],
+                                         system_prompt=config.train.system_prompt)
+    if out[split]:
+      _say(f"[evaluate] teacher-forced code accuracy, {split}: per level " + " / ".join(
+          f"{a:.3f} (children {b:.3f}, chance {c:.3f})"
+          for a, b, c in zip(out[split]["level"], out[split]["children"], out[split]["chance_children"])))
+  return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole method on `config`, resuming from whatever `workdir` holds. Returns the report dict."""
   from toolgen_jax import config as config_lib
-  from toolgen_jax.evaluation import perplexity
+  from toolgen_jax.evaluation import perplexity, probes
   from toolgen_jax.evaluation import report as report_lib
   from toolgen_jax.training import sharding as shd
 
@@ -356,9 +371,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval.perplexity:
     report["perplexity"] = perplexity.language_preservation(model.config, model.tokenizer, model.params, params,
                                                             n_tokens=int(config.eval.get("perplexity_tokens", 2048)))
+  report["code_accuracy"] = code_accuracy(config, cb, model, params, result["test_queries"])
+  report["summary"] = probes.summary(report, str(config.data.source), config.codebook.method)
   paths = report_lib.write_report(report, wd.root)
   wd.mark("report", **{k: str(v) for k, v in paths.items()})
   _say((wd / "report.md").read_text())
   _say(f"[report] {paths['json']}  {paths['markdown']}  plots: {', '.join(str(p) for p in paths['plots'])}")
   _say(f"[done] {time.perf_counter() - t0:.0f}s")
+  _say(json.dumps({"summary": report["summary"]}))
   return report

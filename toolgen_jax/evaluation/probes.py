@@ -43,3 +43,22 @@ def evaluation_queries(config: Any, dataset: Any) -> list[Query]:
     pick = np.random.default_rng(int(config.seed)).permutation(len(train_q))[:int(config.eval.train_queries)]
     test = test + [train_q[i] for i in sorted(pick)]
   return test + memorization_queries(config, dataset, test)
+
+
+def summary(report: dict, source: str, method: str) -> dict:
+  """The run's four headline figures (x100, multi-domain, every tool a candidate): the model's NDCG@1 on its own
+  documents, on training queries and on the test queries, and tuned / base held-out perplexity. None where the run
+  did not measure one."""
+  def ndcg1(split):
+    try:
+      return round(100 * report["files"][source]["methods"][method]["multi-domain"][split]["all"]["ndcg@1"], 1)
+    except KeyError:
+      return None
+  splits = report.get("files", {}).get(source, {}).get("methods", {}).get(method, {}).get("multi-domain", {})
+  test = next((s for s in splits if s not in PROBE_SPLITS), None)
+  ppl = report.get("perplexity") or {}
+  ratio = None
+  if "base" in ppl and "tuned" in ppl:
+    ratio = round(ppl["tuned"]["perplexity"] / ppl["base"]["perplexity"], 3)
+  return {"own_document_ndcg@1": ndcg1("memorisation"), "train_queries_ndcg@1": ndcg1("train"),
+          "test_ndcg@1": ndcg1(test) if test else None, "perplexity_ratio": ratio}
