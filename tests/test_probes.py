@@ -1,23 +1,42 @@
-"""The evaluation queries of a run (test split + probes) and the report's headline summary."""
+"""The queries a pipeline run is scored on: test split, seeded training-query probe, own-document probe."""
 
 import types
 
 from toolgen_jax import config as config_lib
-from toolgen_jax.data.records import Query, Tool, ToolCorpus
+from toolgen_jax.data.records import Query, Tool
 from toolgen_jax.evaluation import probes
 
 
-def test_evaluation_queries_and_probes():
-  corpus = ToolCorpus([Tool(id=i, tool_name=f"t{i}", api_name="a", description=f"does {i}") for i in range(6)])
-  qs = [Query(id=f"q{i}", text=f"q{i}", relevant=(i % 6,), split="test" if i < 4 else "train") for i in range(10)]
+def _setup(train_queries, memorization_tools, max_queries=-1):
   c = config_lib.base_config()
-  c.eval.max_queries, c.eval.train_queries, c.eval.memorization_tools = 3, 2, 2
-  out = probes.evaluation_queries(c, types.SimpleNamespace(queries=qs, corpus=corpus))
-  splits = [q.split for q in out]
-  assert splits == ["test"] * 3 + ["train"] * 2 + ["memorisation"] * 2
-  mem = [q for q in out if q.split == "memorisation"]
-  assert all(q.relevant[0] in (0, 1, 2) for q in mem)  # tools of the scored test queries
-  assert all(q.text.startswith(corpus[q.relevant[0]].category or "") for q in mem)
+  c.unlock()
+  c.eval.max_queries, c.eval.train_queries, c.eval.memorization_tools = max_queries, train_queries, memorization_tools
+  corpus = [Tool(id=i, tool_name=f"tool{i}", api_name=f"api{i}", description=f"does thing {i}") for i in range(6)]
+  queries = ([Query(f"tr{i}", f"train query {i}", (i,), split="train") for i in range(5)]
+             + [Query(f"te{i}", f"test query {i}", (i % 3,), split="test") for i in range(4)])
+  return c, types.SimpleNamespace(corpus=corpus, queries=queries)
+
+
+def test_test_split_then_seeded_probes():
+  c, ds = _setup(train_queries=2, memorization_tools=2, max_queries=3)
+  qs = probes.evaluation_queries(c, ds)
+  assert [q.id for q in qs[:3]] == ["te0", "te1", "te2"]  # max_queries cuts the test split
+  train = [q for q in qs if q.split == "train"]
+  assert len(train) == 2 and {q.id for q in train} <= {f"tr{i}" for i in range(5)}
+  mem = [q for q in qs if q.split == "memorisation"]
+  # Two of the test queries' relevant tools (0, 1, 2), each queried by its own document.
+  assert len(mem) == 2 and all(q.relevant[0] in (0, 1, 2) and q.id == f"memorisation/{q.relevant[0]}" for q in mem)
+  assert all(f"thing {q.relevant[0]}" in q.text for q in mem)
+  assert [q.id for q in probes.evaluation_queries(c, ds)] == [q.id for q in qs]  # seeded
+  assert set(probes.PROBE_SPLITS) == {"train", "memorisation"}
+
+
+def test_no_probes_when_switched_off():
+  c, ds = _setup(train_queries=0, memorization_tools=0)
+  assert [q.id for q in probes.evaluation_queries(c, ds)] == [f"te{i}" for i in range(4)]
+  c, ds = _setup(train_queries=0, memorization_tools=3)
+  c.train.stages = ("retrieval",)  # no memorisation stage: nothing to probe
+  assert probes.memorization_queries(c, ds, ds.queries) == []
 
 
 def test_summary_reads_the_multi_domain_cells():
