@@ -34,7 +34,7 @@ def _extended_model(architecture, tied):
 @pytest.mark.parametrize("architecture,tied", [("llama", False), ("qwen2", True)])
 def test_transformers_loads_export_with_our_logits(tmp_path, architecture, tied):
   params, config, tok = _extended_model(architecture, tied)
-  text = "Use <T1_2><T2_3> to get the weather in Paris"
+  text = "Use <T0_2><T1_3> to get the weather in Paris"
   ids = tok.encode(text)
   assert 49152 + 2 in ids and 49152 + 4 + 3 in ids
   ours, _ = llama.forward(params, config, jnp.asarray([ids]))
