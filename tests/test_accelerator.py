@@ -23,6 +23,7 @@ def _reference(prefix="tiny"):
   return {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith(prefix + "/")}
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_dry_run_runs_every_part(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accelerator.py"), "--dry-run", "--out",

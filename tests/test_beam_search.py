@@ -197,6 +197,7 @@ def test_free_text_beam_equals_exhaustive_and_greedy():
       np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), out + [-1] * (6 - len(out)))
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_tiny_llama_left_padded_prompts_equal_exhaustive():
   from toolgen_jax.decoding import constrained
   from toolgen_jax.models import llama

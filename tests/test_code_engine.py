@@ -110,6 +110,7 @@ def test_learning_rate_groups():
     opt.make_group_optimizer(trainable, {"rows": 1e-3}, 10)
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 @pytest.mark.parametrize("frozen,mode", [(1, "trie"), (3, "level"), (2, "full")])
 def test_cached_training_equals_uncached(frozen, mode, tmp_path):
   mc, params = _model()

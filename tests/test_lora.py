@@ -35,6 +35,7 @@ def test_starts_equal_to_base_and_axes_match():
   assert lp["layers"]["q_proj"]["lora_b"].shape == (2, 4, 4, 16)
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_forward_equals_explicit_delta_and_merge():
   config, params, lc, lp = _setup()
   tok = jax.random.randint(jax.random.key(3), (2, 9), 0, config.vocab_size)

@@ -75,6 +75,7 @@ def make_policy(params, config, corpus=CORPUS, **kw):
                      pad_multiple=256, **kw)  # few prompt shapes: few compilations
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_untrained_model_can_only_produce_allowed_tools(config):
   params = llama.init_params(config, jax.random.PRNGKey(0))
   policy = make_policy(params, config)

@@ -31,6 +31,7 @@ def _batch(mc, B=8, T=32, seed=0):
   return {"tokens": tok[:, :-1], "targets": tok[:, 1:], "weights": w, "attention_mask": mask}
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_loss_matches_a_direct_reference_and_chunking_changes_nothing():
   mc = llama.LlamaConfig.tiny()
   params = llama.init_params(mc, jax.random.PRNGKey(0))
@@ -51,6 +52,7 @@ def test_loss_matches_a_direct_reference_and_chunking_changes_nothing():
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 @pytest.mark.parametrize("scan", [True, False])
 def test_frozen_layers_and_target_positions_keep_loss_and_top_gradients(scan):
   """The CPU recipe's two cuts change cost, not numbers: same loss, same gradient above the frozen layers, exactly
@@ -80,6 +82,7 @@ def test_frozen_layers_and_target_positions_keep_loss_and_top_gradients(scan):
     train.check_target_positions(b, 3, "retrieval", 7)
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_frozen_layers_leave_the_bottom_bit_identical_through_the_optimizer():
   mc = llama.LlamaConfig.tiny(num_layers=4)
   params = llama.init_params(mc, jax.random.PRNGKey(0))
@@ -98,6 +101,7 @@ def test_frozen_layers_leave_the_bottom_bit_identical_through_the_optimizer():
       assert np.any(np.asarray(c)[2:] != np.asarray(a)[2:])
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_gradient_accumulation_equals_one_big_batch():
   mc = llama.LlamaConfig.tiny()
   params = llama.init_params(mc, jax.random.PRNGKey(0))
