@@ -16,7 +16,6 @@ report it; a tool whose key two files share keeps the first file's doc). Writes 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from typing import Sequence
@@ -24,10 +23,9 @@ from typing import Sequence
 import ml_collections
 
 from toolgen_jax import artifact
-from toolgen_jax.data.records import DataError, Query
+from toolgen_jax.data.records import DataError
 from toolgen_jax.evaluation import bm25
 from toolgen_jax.evaluation.harness import select_split
-from toolgen_jax.evaluation.retriever import SubsetRetriever
 
 WORKDIR_DATASET = artifact.DATASET_DIR
 WORKDIR_MODEL = artifact.MODEL_DIR

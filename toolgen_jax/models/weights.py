@@ -361,7 +361,6 @@ def load_backbone(model_config, tokenizer, seed: int = 0) -> tuple[LlamaConfig, 
   """(LlamaConfig, params) of `config.model`: its pretrained checkpoint, or for checkpoint='random' a randomly
   initialised Llama of shape `config.model.random` over `tokenizer`'s vocabulary (tests, smoke runs)."""
   if model_config.checkpoint == "random":
-    import jax
     from toolgen_jax.models import llama
     mcfg = LlamaConfig.tiny(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id,
                             **model_config.random.to_dict(), **config_overrides(model_config))

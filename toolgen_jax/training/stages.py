@@ -88,8 +88,6 @@ def trajectory_examples(trajectories: Sequence[Trajectory], corpus: ToolCorpus, 
   without an action) has no code sequence: it is left out of the rendering with the observation it drew, and
   counted in one summary line.
   """
-  from absl import logging
-
 
   def action_text(m: Message) -> str:
     if m.action is None:
