@@ -40,7 +40,7 @@ def load_model_backend(workdir: pathlib.Path, *, tool_cache_size: int = 256, **p
   trie = artifact.build_trie(c, cb, m.tokenizer, finish=True)  # tools keep corpus ids; Finish one past them
   finish_id = artifact.agent_finish_id(cb)
   corpus = trained.dataset.corpus
-  kw = dict(beam_size=int(c.decode.beam_size)) | (
+  kw = dict(beam_size=int(c.decode.beam_size), normalize=str(c.decode.normalize)) | (
       dict(think_max_tokens=int(c.agent.think_max_tokens), arguments_max_tokens=int(c.agent.arguments_max_tokens),
            constrained_arguments=bool(c.agent.constrained_arguments)) if "agent" in c else {}) | policy_kw
   eot = prompts.end_of_turn_id(m.tokenizer)

@@ -97,11 +97,12 @@ class ModelPolicy(Policy):
                *, finish_id: int | None, beam_size: int = 5, think_max_tokens: int = 96,
                arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
-               pad_multiple: int = 32):
+               pad_multiple: int = 32, normalize: str = "full"):
     if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
     self.finish_id, self.beam_size = finish_id, beam_size
+    self.normalize = normalize  # config.decode.normalize: score action codes as the model was trained
     self.think_max_tokens, self.arguments_max_tokens = think_max_tokens, arguments_max_tokens
     self.constrained, self.system_prompt, self.pad_multiple = constrained_arguments, system_prompt, pad_multiple
     self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
@@ -242,7 +243,7 @@ class ModelPolicy(Policy):
       masks += [masks[0]] * (tokens.shape[0] - len(masks))
       tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids(masks, self.num_tools))
     res = constrained.retrieve(self.params, self.config, tokens, mask, self._dtrie,
-                               beam_size=max(k, self.beam_size), tool_mask=tool_mask)
+                               beam_size=max(k, self.beam_size), tool_mask=tool_mask, normalize=self.normalize)
     tool_ids, scores = np.asarray(res.tool_ids).tolist(), np.asarray(res.scores).tolist()
     for j, i in enumerate(rows):
       out[i] = [ToolChoice(None if tid == self.finish_id else tid, float(sc))
