@@ -100,3 +100,28 @@ def test_flax_llama_logits_fn_matches_forward():
   lp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
   want = np.exp(-np.mean(lp[np.arange(39), ids[1:]]))
   assert got["perplexity"] == pytest.approx(want, rel=1e-5)
+
+
+def test_language_preservation_reports_the_tool_token_masked_figure_beside_the_full_one():
+  """Tool rows that outscore every word wreck the full-vocabulary perplexity; with the tool tokens masked the tuned
+  model (same weights otherwise) reads English exactly as the base model does."""
+  import jax
+
+  from _training_helpers import ByteChatTokenizer, code_tokens
+  from toolgen_jax.evaluation import perplexity as ppl
+  from toolgen_jax.models import llama
+  tok = ByteChatTokenizer(code_tokens(2, 4))
+  mc = llama.LlamaConfig.tiny(vocab_size=tok.vocab_size)
+  base = llama.init_params(mc, jax.random.PRNGKey(0))
+  start = 258  # bytes + the two ChatML specials; the code tokens follow
+  head = np.asarray(base["lm_head"]["kernel"]).copy()
+  head[:, start:] = 50.0 * np.sign(head[:, start:])  # tool rows with huge logits on any text
+  tuned = {**base, "lm_head": {"kernel": jax.numpy.asarray(head)}}
+  out = ppl.language_preservation(mc, tok, base, tuned, n_tokens=96, words_only_from=start)
+  assert set(out) == {"base", "tuned", "tuned (tool tokens masked)"}
+  assert out["tuned"]["perplexity"] > 10 * out["base"]["perplexity"]
+  masked = out["tuned (tool tokens masked)"]["perplexity"]
+  assert masked <= out["tuned"]["perplexity"]
+  # The masked tuned model differs from the base only in the (masked) tool rows: the base's figure over words only.
+  ref = ppl.language_preservation(mc, tok, base, base, n_tokens=96, words_only_from=start)["tuned (tool tokens masked)"]
+  np.testing.assert_allclose(masked, ref["perplexity"], rtol=1e-5)

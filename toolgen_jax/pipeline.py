@@ -369,8 +369,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if stats_path.exists():
     report["codebook"] = {config.codebook.method: json.loads(stats_path.read_text())}
   if config.eval.perplexity:
-    report["perplexity"] = perplexity.language_preservation(model.config, model.tokenizer, model.params, params,
-                                                            n_tokens=int(config.eval.get("perplexity_tokens", 2048)))
+    report["perplexity"] = perplexity.language_preservation(
+        model.config, model.tokenizer, model.params, params, n_tokens=int(config.eval.get("perplexity_tokens", 2048)),
+        words_only_from=model.new_token_start)
   report["code_accuracy"] = code_accuracy(config, cb, model, params, result["test_queries"])
   report["summary"] = probes.summary(report, str(config.data.source), config.codebook.method)
   paths = report_lib.write_report(report, wd.root)

@@ -169,14 +169,31 @@ if __name__ == "__main__":  # python -m toolgen_jax.evaluation.perplexity [CHECK
                                          config_lib.base_config().eval, **extra)))
 
 
-def language_preservation(model_config, tokenizer, params_before, params_after, n_tokens: int = 2048) -> dict:
+def language_preservation(model_config, tokenizer, params_before, params_after, n_tokens: int = 2048,
+                          words_only_from: int | None = None) -> dict:
   """Perplexity of the base and the tuned model on held-out general English (ToolWeaver's WikiText-2 check):
-  {'base': ..., 'tuned': ...}, both on the extended model config (tool tokens do not change English tokens)."""
+  {'base': ..., 'tuned': ...}, both on the extended model config (tool tokens do not change English tokens).
+
+  words_only_from = the first tool-token id: also 'tuned (tool tokens masked)', the tuned model's perplexity with
+  the tool tokens' logits removed from the softmax: what free text sees when code tokens are only ever decoded under
+  the trie. Reported beside the full-vocabulary figure, never instead of it."""
   import jax
 
   from toolgen_jax.models import llama
   from toolgen_jax.models.tokenizer import encode_text
   fwd = jax.jit(lambda p, t: llama.forward(p, model_config, t)[0])
   encode = lambda text: encode_text(tokenizer, text)
-  return {label: heldout_perplexity(lambda t, p=p: np.asarray(fwd(p, np.asarray(t))), encode, n_tokens=int(n_tokens))
-          for label, p in (("base", params_before), ("tuned", params_after))}
+  runs = [("base", params_before, None), ("tuned", params_after, None)]
+  if words_only_from is not None:
+    runs.append(("tuned (tool tokens masked)", params_after, int(words_only_from)))
+
+  def logits_fn(p, cut):
+    def fn(t):
+      out = np.asarray(fwd(p, np.asarray(t)))
+      if cut is not None:
+        out = out.copy()
+        out[..., cut:] = -np.inf
+      return out
+    return fn
+
+  return {label: heldout_perplexity(logits_fn(p, cut), encode, n_tokens=int(n_tokens)) for label, p, cut in runs}
