@@ -45,7 +45,10 @@ def teacher_forced_accuracy(params: Any, model_config: llama.LlamaConfig, vocab:
   L = cb.num_levels
   children = [_children(active, l) for l in range(L)]
   rows = [(q, int(q.relevant[0])) for q in queries if q.relevant and 0 <= int(q.relevant[0]) < cb.num_tools]
-  hidden = jax.jit(lambda p, t, m: llama.hidden_states(p, model_config, t, attention_mask=m)[0])
+  @jax.jit
+  def code_logits(p, t, m, pos):  # [B, L, V]: the LM head on the code-predicting positions only
+    h = llama.hidden_states(p, model_config, t, attention_mask=m)[0]
+    return llama.logits_from_hidden(p, model_config, jax.numpy.take_along_axis(h, pos[..., None], axis=1))
   hits_level, hits_child = np.zeros(L), np.zeros(L)
   chance_level, chance_child, counts = np.zeros(L), np.zeros(L), np.zeros(L)
   pad = tok.pad_id if getattr(tok, "pad_id", None) is not None else 0
@@ -63,10 +66,12 @@ def teacher_forced_accuracy(params: Any, model_config: llama.LlamaConfig, vocab:
     mask = np.zeros((batch_size, T), np.int32)
     for r, x in enumerate(seqs):
       tokens[r, :len(x)], mask[r, :len(x)] = x, 1
-    h = np.asarray(hidden(params, tokens, mask))
-    for r, (pos, code) in enumerate(zip(code_pos, code_vals)):
-      x = h[r, pos]                                                       # [l, D] states predicting each code
-      logits = np.asarray(llama.logits_from_hidden(params, model_config, x))  # [l, V]
+    pos = np.zeros((batch_size, L), np.int32)
+    for r, p_r in enumerate(code_pos):
+      pos[r, :len(p_r)] = p_r
+    all_logits = np.asarray(code_logits(params, tokens, mask, pos))
+    for r, code in enumerate(code_vals):
+      logits = all_logits[r]
       for l, c in enumerate(code):
         valid = np.flatnonzero(table[l] >= 0)
         scores = logits[l, table[l, valid]]
