@@ -206,3 +206,15 @@ def test_prototype_rows_give_signal_before_training():
   np.testing.assert_allclose(norms, ref, rtol=1e-4)
   proto, before = level0_accuracy({**trainable, "code_head": rows}), level0_accuracy(trainable)
   assert proto >= 0.75 and proto > before + 0.25, (proto, before)  # 0.94 measured (chance 0.25)
+
+
+def test_run_top_equals_the_full_top_gathered_at_the_code_positions():
+  """The last trainable layer runs at the code positions only (`llama.layer_at`): same values as every position."""
+  mc, params = _model(num_layers=2)
+  ex = _examples(6)
+  x = llama.embed(params, mc, jnp.asarray(ex.tokens))
+  mask, pos = jnp.asarray(ex.attention_mask), jnp.asarray(ex.code_pos)
+  for top in (1, 2):
+    layers = jax.tree.map(lambda a: a[-top:], params["layers"])
+    full = jnp.take_along_axis(fc.run_layers(layers, mc, x, mask), pos[..., None], axis=1)
+    np.testing.assert_allclose(np.asarray(fc.run_top(layers, mc, x, mask, pos)), np.asarray(full), atol=1e-5)

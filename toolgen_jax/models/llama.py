@@ -525,6 +525,26 @@ def _layer(config: LlamaConfig, rope, x, lp, mask, kv_in, write_index, rng):
   return x, (k, v)
 
 
+def layer_at(config: LlamaConfig, rope, x, lp, mask, pos):
+  """One decoder block whose output is wanted at positions `pos` [B, P] only: keys and values from every position
+  of x [B, T, D], queries, attention output and MLP at the P gathered positions -> [B, P, D]. Equals
+  `_layer(...)[0]` gathered at `pos` (the block is position-wise but for attention), at P/T of its query, output
+  and MLP cost: the code engine's last trainable layer needs nothing else (`training.feature_cache.run_top`)."""
+  c, dt = config, x.dtype
+  take = lambda a: jnp.take_along_axis(a, pos.reshape(pos.shape + (1,) * (a.ndim - 2)), axis=1)
+  h = rms_norm(x, lp["attn_norm"]["scale"], c.rms_norm_eps)
+  k = apply_rope(_dense(h, lp["k_proj"], 1, c, None), *rope)
+  v = _dense(h, lp["v_proj"], 1, c, None)
+  cos, sin = rope
+  q = apply_rope(_dense(take(h), lp["q_proj"], 1, c, None), take(cos), take(sin))
+  mask_q = jnp.take_along_axis(mask, pos[..., None], axis=1)  # [B, P, T]
+  xq = take(x)
+  xq = xq + _dense(_attention(q, k.astype(dt), v.astype(dt), mask_q, dt), lp["o_proj"], 2, c, None)
+  h = rms_norm(xq, lp["mlp_norm"]["scale"], c.rms_norm_eps)
+  m = jax.nn.silu(_dense(h, lp["gate_proj"], 1, c, None)) * _dense(h, lp["up_proj"], 1, c, None)
+  return xq + _dense(m, lp["down_proj"], 1, c, None)
+
+
 def _remat(fn, config: LlamaConfig):
   if not config.remat:
     return fn

@@ -68,8 +68,7 @@ def code_hidden(trainable, params, config: llama.LlamaConfig, part: opt_lib.Part
     return jnp.take_along_axis(x, pos, axis=1)
   x = jnp.asarray(batch["states"]).astype(jnp.dtype(config.dtype))
   if part.frozen_layers < config.num_layers:
-    x = fc.run_layers(trainable["layers"], config, x, batch["attention_mask"])
-    x = jnp.take_along_axis(x, pos, axis=1)
+    x = fc.run_top(trainable["layers"], config, x, batch["attention_mask"], batch["code_pos"])
   return _final_norm(params, trainable, config)(x)
 
 

@@ -119,6 +119,22 @@ def run_layers(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: 
   return jax.lax.scan(body, x, layers)[0]
 
 
+def run_top(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: jax.Array,
+            code_pos: jax.Array) -> jax.Array:
+  """The top `layers` on x [B, T, D], wanted at code_pos [B, L] only -> [B, L, D] (before the final norm).
+
+  Every layer but the last runs at every position (the next one attends over them); the last runs its queries,
+  output projection and MLP at the code positions only (`llama.layer_at`): the same values as `run_layers`
+  gathered at code_pos, for a top of one layer at ~L/T of its cost (keys and values are still computed everywhere).
+  """
+  n = jax.tree.leaves(layers)[0].shape[0]
+  if n > 1:
+    x = run_layers(jax.tree.map(lambda a: a[:-1], layers), config, x, attention_mask)
+  rope, mask = attention_inputs(config, attention_mask, x.dtype)
+  last = jax.tree.map(lambda a: a[-1], layers)
+  return llama.layer_at(config, rope, x, last, mask, jnp.maximum(code_pos, 0))
+
+
 @functools.partial(jax.jit, static_argnames=("config", "frozen_layers", "at_codes"))
 def frozen_states(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array,
                   code_pos: jax.Array, *, frozen_layers: int, at_codes: bool) -> jax.Array:
