@@ -25,7 +25,17 @@ def get_config(arg: str | None = None):
   c.vocab.init = "reframe"
   if arg == "paper":
     c.encoder.kind = "gist"
-    c.encoder.gist_steps = 2000
+    c.encoder.gist_steps = 2000                   # an upper bound: early stopping ends it (section 4.1 settings)
+    c.encoder.gist_form = "cascade"               # [Content; Token; Placeholder; Task], the cascaded mask
+    c.encoder.gist_lora_rank = 32
+    c.encoder.gist_lora_alpha = 128.0
+    c.encoder.gist_lora_dropout = 0.1
+    c.encoder.gist_learning_rate = 1e-3
+    c.encoder.gist_weight_decay = 1e-4
+    c.encoder.gist_batch_size = 12
+    c.encoder.gist_patience = 3                   # held-out evaluations without improvement
+    c.encoder.gist_eval_every = 100
+    c.train.refine_form = "paper"                 # section 4.2, App. D iv (training/refinement.py)
   c.train.refine_rounds = {"paper": 2, "real": 1}.get(arg, 0)  # post-guided rounds (CPU :small skips them)
   if arg == "real":
     c.train.stage_steps.retrieval = 250   # 250 + one 150-step refined round = the other methods' 400 steps

@@ -70,3 +70,116 @@ def test_refinement_keeps_the_code_length_of_a_gist_codebook(tmp_path):
     assert any(members[level * config.codebook.size + c] for c in range(config.codebook.size)), level
   np.testing.assert_array_equal(cb_lib.load(tmp_path / "codebook").codes, new.codes)
   assert model2.tokenizer.token_to_id("<T3_0>") is not None
+
+
+# ---- the paper's loop (Toolscaler section 4.2, App. D iv) on a tiny model ----------------------------------------
+
+N_TOOLS, K = 12, 3
+
+
+def _tiny_paper_setup():
+  """A tiny Llama with the T0..T3 code tokens of a 2-position x 2-level residual k-means codebook, fitted on the
+  model's own hidden states of 12 tool documents (the last two positions: a stand-in for the V = 2 gist outputs)."""
+  import jax
+
+  from _training_helpers import ByteChatTokenizer, code_tokens
+  from toolgen_jax.codebook import residual_kmeans as rkm
+  from toolgen_jax.models import llama
+  from toolgen_jax.models.vocab import Model
+  tok = ByteChatTokenizer(code_tokens(4, K))
+  mcfg = llama.LlamaConfig.tiny(vocab_size=tok.vocab_size)
+  params = llama.init_params(mcfg, jax.random.key(0))
+  docs = np.stack([np.frombuffer(f"tool number {i:02d} does thing {i * 7 % 13:02d}".encode(), np.uint8)
+                   for i in range(N_TOOLS)]).astype(np.int32)
+
+  def compress(p, cfg=mcfg):  # [N, 2, D]: a real pass of the model whose parameters it is given
+    h, _ = llama.hidden_states(p, cfg, jax.numpy.asarray(docs))
+    return np.asarray(h[:, -2:], np.float32)
+
+  qcfg = rkm.ResidualKMeansConfig(pca_dim=3, num_levels=2, codebook_size=K, kmeans_iters=20)
+  quant = lambda emb: cb_lib.from_residual_kmeans(qcfg, emb, tool_names=[str(i) for i in range(N_TOOLS)],
+                                                  resolve=False)
+  model = Model(config=mcfg, params=params, tokenizer=tok, new_token_start=256)
+  return model, compress, quant
+
+
+@pytest.mark.parametrize("token_epochs", [0, 2])
+def test_paper_loop_follows_the_round_structure_on_a_tiny_model(token_epochs):
+  """Two iterations: each re-derives the tools with the parameters the previous one left (the very object, frozen:
+  no hook before `train` gets other parameters, and they come out bit-identical), refits the codebook (once per
+  Token-update epoch), re-initialises every code token's row by the reframed embedding of the new codebook, then
+  trains; the code length (2 positions x 2 levels) and every T_l token stay."""
+  import jax
+
+  from toolgen_jax.codebook import code_vectors
+  from toolgen_jax.training import refinement
+  model, compress, quant = _tiny_paper_setup()
+  cb0 = quant(compress(model.params))
+  assert cb0.codes.shape[1] == 4
+  seen = {"compress": [], "update": [], "quantize": [], "train": []}
+  snapshot = {}
+
+  def c_hook(state, p, m, t):
+    seen["compress"].append((t, p, state))
+    snapshot.setdefault(t, jax.tree.map(np.array, p))
+    return compress(p)
+
+  def update(state, p, m, cb, t, e):
+    seen["update"].append((t, e, p))
+    return (state or 0) + 1   # the Token state each epoch's compression reads
+
+  def q_hook(emb, old, t, e):
+    seen["quantize"].append((t, e))
+    assert emb.shape == (N_TOOLS, 2, model.config.hidden_size)
+    return quant(emb)
+
+  def train(p, cb, m, t):
+    # The rows it starts from are the reframed embedding of the round's codebook, on the round's embeddings.
+    emb = compress(seen["compress"][-1][1])
+    levels = code_vectors.reframe_code_vectors(cb, emb, None)
+    for level in range(4):
+      for c in range(K):
+        row = np.asarray(p["embed"]["embedding"])[m.tokenizer.token_to_id(f"<T{level}_{c}>")]
+        np.testing.assert_allclose(row, levels[level][c], rtol=1e-5, atol=1e-6)
+    seen["train"].append((t, cb.codes.shape[1]))
+    return jax.tree.map(lambda x: x + 0.01 * jax.numpy.ones_like(x), p)  # theta_t != theta_{t-1}
+
+  params, cb, m, hist = refinement.paper_refinement(
+      model.params, cb0, model, iterations=2, compress=c_hook, quantize=q_hook, train=train,
+      update_tokens=update if token_epochs else None, token_epochs=token_epochs)
+  assert [h.round for h in hist] == [0, 1] and all(h.codebooks == max(token_epochs, 1) for h in hist)
+  assert seen["quantize"] == [(t, e) for t in range(2) for e in range(max(token_epochs, 1))]
+  assert seen["train"] == [(0, 4), (1, 4)] and cb.codes.shape[1] == 4
+  assert seen["update"] == [] if not token_epochs else [(t, e) for t, e, _ in seen["update"]] == [
+      (t, e) for t in range(2) for e in range(token_epochs)]
+  # Round 0 reads the first alignment's parameters, round 1 what round 0 trained: the same objects, unchanged.
+  firsts = {t: p for t, p, _ in reversed(seen["compress"])}
+  assert firsts[0] is model.params and firsts[1] is not model.params
+  assert all(p is firsts[t] for t, p, _ in seen["compress"]) and all(p is firsts[t] for t, _, p in seen["update"])
+  for t in (0, 1):
+    jax.tree.map(np.testing.assert_array_equal, snapshot[t], jax.tree.map(np.array, firsts[t]))
+  np.testing.assert_allclose(np.asarray(firsts[1]["layers"]["q_proj"]["kernel"]),
+                             np.asarray(model.params["layers"]["q_proj"]["kernel"]) + 0.01, rtol=1e-6)
+  if token_epochs:  # each epoch's compression read the Token state that epoch's update left
+    assert [s for _, _, s in seen["compress"]] == [1, 2, 3, 4]
+  members = token_members(cb)
+  assert all(any(members[level * K + c] for c in range(K)) for level in range(4))
+
+
+def test_paper_form_retrains_every_stage_and_is_the_paper_configs_default():
+  """The round's training is every stage (the paper's L_tool + L_traj: 5 retrieval + 2 trajectory epochs), not only
+  the last one; `configs/toolscaler.py:paper` runs it with the paper's gist settings (section 4.1)."""
+  spec = importlib.util.spec_from_file_location("toolscaler", ROOT / "configs" / "toolscaler.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("paper")
+  assert c.train.refine_form == "paper" and c.train.refine_rounds == 2
+  e = c.encoder
+  assert (e.kind, e.gist_form, e.gist_lora_rank, e.gist_lora_alpha, e.gist_lora_dropout, e.gist_learning_rate,
+          e.gist_weight_decay, e.gist_batch_size) == ("gist", "cascade", 32, 128.0, 0.1, 1e-3, 1e-4, 12)
+  assert e.gist_patience > 0
+  from toolgen_jax.codebook import gist
+  g = gist.config_from(e)
+  assert (g.form, g.lora_rank, g.lora_alpha, g.lora_dropout, g.weight_decay, g.batch_size, g.tasks) == (
+      "cascade", 32, 128.0, 0.1, 1e-4, 12, ("name", "description", "parameters"))
+  assert mod.get_config("real").train.refine_form == "last_stage"  # its BENCHMARKS figures were measured so

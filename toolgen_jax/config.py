@@ -64,6 +64,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.gist_batch_size = 8
   c.encoder.gist_learning_rate = 1e-3
   c.encoder.gist_lora_rank = 8
+  c.encoder.gist_lora_alpha = 16.0
+  c.encoder.gist_lora_dropout = 0.0
+  c.encoder.gist_weight_decay = 0.0  # AdamW on the LoRA factors and gist rows
+  # cascade = section 4.1's [Content; Token; Placeholder; Task] blocks, the Placeholder fed from the Token outputs
+  # (the clustered vector is the task's only view of the document) | kv_cache = the task reads the gist KV cache
+  c.encoder.gist_form = "cascade"
+  c.encoder.gist_tasks = ("name", "description", "parameters")  # the m reconstruction tasks (codebook/gist.py)
+  c.encoder.gist_patience = 0     # early stopping: held-out evaluations without improvement (0 = off)
+  c.encoder.gist_eval_every = 0   # steps between held-out evaluations (0 = gist_steps // 10)
 
   # --- tool tokenization (toolgen_jax/codebook) --------------------------------------------------------------
   c.codebook = ml_collections.ConfigDict()
@@ -127,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.best_mode = "max"       # max | min
   c.train.async_checkpoint = True
   c.train.refine_rounds = 0       # Toolscaler post-guided refinement rounds T (0 = off)
+  # paper = section 4.2 / App. D iv: re-embed on the frozen previous model, refit the codebook, reframed rows, every
+  # stage again | last_stage = re-embed, re-quantise, keep trained rows, retrain the last stage (training/refinement)
+  c.train.refine_form = "last_stage"
   c.train.tensorboard = True
   c.train.progress_bar = True
   # Epochs per named stage (> 0 overrides stage_steps: steps = ceil(epochs * examples / batch_size)), so a config
@@ -334,12 +346,14 @@ CHOICES = {
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "encoder.kind": ("minilm", "bert_dir", "gist"),
     "encoder.dtype": ("float32", "bfloat16", "float16"),
+    "encoder.gist_form": ("cascade", "kv_cache"),
     "codebook.method": ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic"),
     "codebook.collab_form": ("paper", "latent_contrast"),
     "vocab.init": ("random", "subword_mean", "codebook", "rqvae_codebook", "reframe"),
     "train.trainable": ("all", "lora", "lora_and_new_tokens", "new_tokens"),
     "train.packing": ("pad", "bucket"),
     "train.multi_target": ("separate", "joint"),
+    "train.refine_form": ("paper", "last_stage"),
     "train.best_mode": ("max", "min"),
     "train.engine": ("recipe", "code"), "train.code_loss": ("level", "trie", "full"),
     "decode.normalize": ("full", "level", "trie"),
@@ -353,6 +367,7 @@ MEMBER_CHOICES = {
     "eval.settings": ("multi-domain", "in-domain", "candidates"),
     "eval.baselines": ("bm25", "embedding"),
     "pipeline.redo": ("corpus", "embeddings", "codebook", "model", "train", "evaluate", "report"),
+    "encoder.gist_tasks": ("name", "category", "description", "parameters"),  # codebook/gist.py:tool_fields
 }
 # Numeric ranges: (low, high), inclusive, None = unbounded; a tuple field is checked member by member.
 _POS, _NONNEG, _UNIT = (1, None), (0, None), (0.0, 1.0)
@@ -360,7 +375,8 @@ RANGES = {
     "data.test_fraction": _UNIT, "data.dev_fraction": _UNIT,
     "model.max_seq_len": _POS,
     "encoder.batch_size": _POS, "encoder.max_len": _POS, "encoder.gist_tokens": _POS, "encoder.gist_steps": _NONNEG,
-    "encoder.gist_batch_size": _POS, "encoder.gist_lora_rank": _POS,
+    "encoder.gist_batch_size": _POS, "encoder.gist_lora_rank": _POS, "encoder.gist_lora_dropout": (0.0, 0.99),
+    "encoder.gist_weight_decay": _NONNEG, "encoder.gist_patience": _NONNEG, "encoder.gist_eval_every": _NONNEG,
     "codebook.levels": _POS, "codebook.size": (2, None), "codebook.code_dim": _POS, "codebook.beta": _NONNEG,
     "codebook.sinkhorn_iters": _POS, "codebook.collab_lambda": _NONNEG, "codebook.batch_size": _POS,
     "codebook.steps": _NONNEG, "codebook.pca_dim": _POS, "codebook.branching": (2, None),

@@ -258,8 +258,8 @@ def refine(config, wd: Workdir, ds, params, cb, model: Model, *, rounds: int, tr
   kind = "gist_tuned" if cb.encoder.get("kind") in ("gist", "gist_tuned") else "llm_mean"
 
   def embed_tools(p, m: Model, r: int) -> np.ndarray:
-    if (path_of(r) / "manifest.json").exists():
-      return np.zeros((0,), np.float32)  # this round's codebook exists: quantize() reloads it
+    if (path_of(r) / "manifest.json").exists():  # this round's codebook exists: quantize() reloads it
+      return np.load(path_of(r) / "emb.npy") if (path_of(r) / "emb.npy").exists() else np.zeros((0,), np.float32)
     _say(f"[refine {r}] re-embedding {len(docs_all)} tools with the trained model ({kind})")
     if kind == "gist_tuned":
       from toolgen_jax.codebook import gist
@@ -277,12 +277,19 @@ def refine(config, wd: Workdir, ds, params, cb, model: Model, *, rounds: int, tr
     if finish:
       new.add_finish(embeddings=emb[len(docs):])
     new.save(path_of(r))
+    np.save(path_of(r) / "emb.npy", emb)  # what the round's reframed rows are computed from (a resumed round too)
     return new
 
   add_tokens = lambda p, m, new: refinement.add_code_tokens(
       p, m, new, seed=int(config.seed), pad_to_multiple=int(config.vocab.pad_to_multiple), log=_say)
-  params, cb_new, model, history = refinement.post_guided_refinement(
-      params, cb, model, rounds=rounds, embed_tools=embed_tools, quantize=quantize, train=train, add_tokens=add_tokens)
+  if config.train.refine_form == "paper":  # Toolscaler section 4.2, App. D iv (training/refinement.py)
+    params, cb_new, model, history = refinement.paper_refinement(
+        params, cb, model, iterations=rounds, compress=lambda _, p, m, r: embed_tools(p, m, r),
+        quantize=lambda emb, old, r, _: quantize(emb, old, r), train=train, add_tokens=add_tokens)
+  else:
+    params, cb_new, model, history = refinement.post_guided_refinement(
+        params, cb, model, rounds=rounds, embed_tools=embed_tools, quantize=quantize, train=train,
+        add_tokens=add_tokens)
   for h in history:
     _say(f"[refine {h.round}] {h.changed_tools} of {cb.num_tools} tools changed code")
   if not (wd / "codebook_initial").exists():

@@ -327,8 +327,11 @@ def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, A
       raise ValueError("config.train.refine_rounds > 0 needs a `refine` callable (training.refinement)")
     if engine == "code":
       raise ValueError("post-guided refinement (train.refine_rounds) runs on train.engine='recipe' only")
-    last = tc.stages[-1]
-    params, codebook, model = refine(
-        params, codebook, model, rounds=rounds,
-        train=lambda p, cb, m, r: fit_stage(last, f"{last}_refine{r}", p, cb, m)[0])
+    paper = tc.get("refine_form", "last_stage") == "paper"
+
+    def retrain(p, cb, m, r):  # paper (Toolscaler App. D iv): every stage again, L_tool + L_traj; else the last one
+      for stage in (tc.stages if paper else tc.stages[-1:]):
+        p, m = fit_stage(stage, f"{stage}_refine{r}", p, cb, m)
+      return p
+    params, codebook, model = refine(params, codebook, model, rounds=rounds, train=retrain)
   return params, codebook, model, results
