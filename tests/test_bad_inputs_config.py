@@ -77,8 +77,8 @@ def test_every_shipped_config_validates():
 
 def test_choices_agree_with_the_modules_that_own_them():
   from toolgen_jax import artifact, evaluate
-  from toolgen_jax.codebook import codebook
-  from toolgen_jax.data import readers
+  from toolgen_jax.codebook import codebook, collisions
+  from toolgen_jax.data import readers, views
   from toolgen_jax.evaluation import bm25, harness
   from toolgen_jax.models import lora, vocab
   from toolgen_jax.decoding import beam_search
@@ -86,11 +86,12 @@ def test_choices_agree_with_the_modules_that_own_them():
   owners = {"data.source": readers.READERS, "codebook.method": codebook.METHODS, "vocab.init": vocab.INITS,
             "train.trainable": lora.MODES, "train.packing": input_pipeline.PAD_MODES,
             "train.multi_target": stages.MULTI_TARGET, "eval.bm25_analyzer": bm25.ANALYZERS,
-            "train.engine": stages.ENGINES, "train.code_loss": code_loss.MODES, "decode.normalize": beam_search.NORMALIZE}
+            "train.engine": stages.ENGINES, "train.code_loss": code_loss.MODES, "decode.normalize": beam_search.NORMALIZE,
+            "codebook.collisions": collisions.POLICIES, "train.schedule": stages.SCHEDULES}
   for path, owned in owners.items():
     assert set(base.CHOICES[path]) == set(owned), path
   members = {"train.stages": stages.STAGES, "eval.settings": harness.SETTINGS, "eval.baselines": evaluate.BASELINES,
-             "pipeline.redo": artifact.STEPS}
+             "pipeline.redo": artifact.STEPS, "train.memorization_views": views.KINDS}
   for path, owned in members.items():
     assert set(base.MEMBER_CHOICES[path]) == set(owned), path
   c = base.base_config()  # every validated field exists (a renamed field would be skipped silently)

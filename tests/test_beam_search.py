@@ -277,3 +277,79 @@ def test_tiny_llama_greedy_generate_equals_full_forward_argmax():
     for _ in range(4):  # reference: full forward without cache or padding, argmax of the last position
       seq.append(int(jnp.argmax(llama.forward(params, cfg, jnp.asarray([seq]))[0][0, -1])))
     np.testing.assert_array_equal(np.asarray(res.tokens[q, 0]), seq[len(p):])
+
+
+# --- shared codes (Toolscaler's 'report' / ToolWeaver's 'sinkhorn' collision policies) ---------------------------
+
+def _shared_trie(seed=11, k=4, length=2, leaves=9, tools=20):
+  """`tools` tools over `leaves` distinct code tuples: several tools share a leaf (tool ids shuffled so a leaf's
+  members are not consecutive)."""
+  rng = np.random.default_rng(seed)
+  uniq = np.unique(rng.integers(0, k, (4 * leaves, length)), axis=0)[:leaves]
+  assign = np.concatenate([np.arange(leaves), rng.integers(0, leaves, tools - leaves)])
+  codes = uniq[rng.permutation(assign)]
+  return Trie.build(codes, code_tokens=np.arange(length * k).reshape(length, k) + 2, shared_codes=True), codes
+
+
+def brute_force(params, h0, trie, pool, alpha=0.0):
+  """Every tool of `pool` scored by its own code tokens, ranked by (-score, tool id): the reference ranking of a
+  shared-code retriever (members of one leaf tie at its score and come in id order)."""
+  pool = np.asarray(sorted(pool))
+  s = np.array([toy_score(params, h0, t, alpha) for t in trie.tokens_of(pool)])
+  order = np.lexsort((pool, -np.round(s, 5)))
+  return pool[order].tolist(), s[order]
+
+
+def test_shared_leaf_decodes_to_all_members_and_brute_force_agrees():
+  trie, codes = _shared_trie()
+  assert len(np.unique(codes, axis=0)) < len(codes)  # the fixture really shares codes
+  with pytest.raises(ValueError, match="same code sequence"):
+    Trie.build(codes, code_tokens=np.arange(8).reshape(2, 4) + 2)  # a 'unique' trie refuses shared codes
+  params = make_toy(12, 12)
+  h0 = [0, 5, 9]
+  leaves = len(np.unique(codes, axis=0))
+  res = run_toy(params, trie, h0, beam=leaves)  # as wide as the leaves: exhaustive over hypotheses
+  for q in range(3):
+    tools, scores = trie.expand(np.asarray(res.tool_ids[q]), np.asarray(res.scores[q]))
+    ref, ref_s = brute_force(params, h0[q], trie, range(len(codes)))
+    assert tools == ref
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    # each hypothesis' label is its leaf's smallest member; its members are exactly the tools with that code
+    for tid in np.asarray(res.tool_ids[q]):
+      members = trie.members_of(int(tid))
+      assert members[0] == tid
+      assert members.tolist() == np.nonzero((codes == codes[tid]).all(1))[0].tolist()
+
+
+def test_shared_leaves_narrow_beam_matches_numpy_beam_then_members():
+  trie, codes = _shared_trie(seed=13, k=5, length=3, leaves=25, tools=60)
+  params = make_toy(14, 17, scale=1.0)
+  res = run_toy(params, trie, [3, 8], beam=4)
+  for q, h0 in enumerate([3, 8]):
+    # the textbook beam search over the distinct code tuples (one representative each), then members by id
+    reps = sorted({tuple(c): i for i, c in reversed(list(enumerate(codes.tolist())))}.values())
+    uniq = Trie.build(codes[reps], np.asarray(reps), code_tokens=trie.code_tokens[:, :trie.num_codes])
+    ids, scores = numpy_beam(params, h0, uniq, 4)
+    want = [m for i in ids for m in np.nonzero((codes == codes[i]).all(1))[0].tolist()]
+    tools, got_s = trie.expand(np.asarray(res.tool_ids[q]), np.asarray(res.scores[q]))
+    assert tools == want
+    np.testing.assert_allclose(got_s, np.repeat(scores, [int((codes == codes[i]).all(1).sum()) for i in ids]),
+                               atol=1e-5)
+
+
+def test_shared_leaf_with_candidates_and_removed_members():
+  trie, codes = _shared_trie(seed=15)
+  groups = [g for g in (np.nonzero((codes == c).all(1))[0] for c in np.unique(codes, axis=0)) if len(g) >= 2]
+  g = groups[0]
+  trie = trie.remove([int(g[0])])  # the leaf's smallest member retires: the leaf stays live through the others
+  assert trie.members_of(int(g[1])).tolist() == g[1:].tolist()
+  assert int(trie.node_tool[trie.terminal[trie._rows_of(np.asarray([g[1]]))[0]]]) == g[1]
+  params = make_toy(16, 12)
+  pool = [int(g[-1])] + [int(t) for t in range(len(codes)) if t % 3 == 0 and t != g[0]]
+  mask = trie_lib.tool_mask_from_ids([pool], len(codes))
+  allowed = trie_lib.allowed_nodes(trie.device(), jnp.asarray(mask))
+  res = run_toy(params, trie, [4], beam=len(codes), allowed=allowed)
+  tools, scores = trie.expand(np.asarray(res.tool_ids[0]), np.asarray(res.scores[0]), allowed=set(pool))
+  ref, ref_s = brute_force(params, 4, trie, pool)
+  assert tools == ref and int(g[0]) not in tools
+  np.testing.assert_allclose(scores, ref_s, atol=1e-5)

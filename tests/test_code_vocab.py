@@ -75,3 +75,29 @@ def test_atomic_tokens_follow_added_tools():
   assert code_vocab.token_strings(cb) == [f"<A_{i}>" for i in range(5)]
   with pytest.raises(ValueError, match="vocab"):
     code_vocab.token_string("vocab", 0, 1)
+
+
+def test_shared_codes_build_a_trie_whose_leaves_hold_every_member(embeddings):
+  """Toolscaler's 'report' policy: tools sharing a code tuple have one training target text (their shared code)
+  and one trie leaf, which decodes to all of them; a 'unique' codebook never shares."""
+  tok = tok_lib.load_tokenizer("smollm2")
+  c = config_lib.base_config().codebook
+  c.method, c.levels, c.size, c.pca_dim, c.collisions = "residual_kmeans", 2, 2, 8, "report"
+  cb = cb_lib.build(c, embeddings, NAMES)  # 36 tools on at most 2 x 2 code tuples
+  tok.add_tokens(code_vocab.token_strings(cb))
+  vocab = code_vocab.CodeVocabulary(cb, tok)
+  trie = vocab.trie()
+  assert trie.shared_codes and cb.num_levels == 2
+  groups = {}
+  for t in range(cb.num_tools):
+    groups.setdefault(cb.code_of(t), []).append(t)
+  assert max(len(g) for g in groups.values()) > 1
+  for code, members in groups.items():
+    texts = {vocab.tool_text(t) for t in members}
+    assert len(texts) == 1  # one target text per shared code
+    for t in members:
+      assert trie.members_of(t).tolist() == members
+      assert trie.lookup(trie.tokens_of([t]))[0] == members[0]  # the leaf's label: its smallest member
+  c.collisions = "unique"
+  cb_u = cb_lib.build(c, embeddings, NAMES)
+  assert not cb_u.shares_codes and len({cb_u.code_of(t) for t in range(cb_u.num_tools)}) == cb_u.num_tools

@@ -168,3 +168,50 @@ def test_finish_entry_is_a_unique_code_that_survives_save_load_and_is_no_tool(tm
   sem = cb_lib.Codebook("semantic", np.zeros((2, 2), np.int32), [])
   with pytest.raises(ValueError, match="semantic"):
     sem.add_finish(embeddings=np.zeros((1, 4)))
+
+
+def test_report_policy_keeps_shared_codes_reports_them_and_finish_never_shares(tmp_path):
+  """Toolscaler's policy: codes as the quantiser gives them, collisions counted; a new tool on a taken code shares
+  it (reported, not moved); the Finish action still gets a code of its own; the policy survives save/load."""
+  from toolgen_jax.codebook import residual_kmeans as rkm
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 6)).astype(np.float32)
+  cfg = rkm.ResidualKMeansConfig(pca_dim=4, num_levels=2, codebook_size=2)
+  cb = cb_lib.from_residual_kmeans(cfg, x, collisions_policy="report")
+  raw = cb_lib.from_residual_kmeans(cfg, x, collisions_policy="report").codes
+  groups = collisions.collision_groups(cb.codes)
+  assert cb.num_levels == 2 and cb.shares_codes and cb.collision_policy == "report"
+  rep = cb.collision_report
+  assert rep["policy"] == "report" and rep["shared_groups"] == len(groups) > 0
+  assert rep["shared_tools"] == sum(len(g) for g in groups)  # 40 tools on at most 4 code tuples
+  distinct = len(np.unique(cb.codes, axis=0))
+  assert rep["rate_after"] == pytest.approx(collisions.collision_rate(cb.codes)) == pytest.approx(
+      (40 - distinct) / 40) and distinct <= 4
+  np.testing.assert_array_equal(cb.codes, raw)
+  add = cb.add_tools(x[:2] + 1e-4)
+  assert add.collided.all() and not add.moved.any()
+  np.testing.assert_array_equal(add.codes, cb.codes[:2])  # shares tools 0 and 1's codes
+  c = config_lib.base_config().codebook
+  c.rqvae_hidden, c.code_dim, c.size, c.steps, c.batch_size, c.collisions = (32,), 8, 8, 20, 64, "report"
+  cb2 = cb_lib.build(c, np.tile(x[:20], (2, 1)), [f"t{i}" for i in range(40)])  # duplicated tools: shared codes
+  assert cb2.shares_codes and cb2.collision_report["shared_groups"] > 0
+  r = cb2.add_finish(embeddings=x[3:4])
+  assert r.moved[0] == r.collided[0]
+  assert sum((cb2.codes == cb2.codes[cb2.finish_id]).all(1)) == 1  # Finish shares with nothing
+  back = cb_lib.load(cb2.save(tmp_path / "cb"))
+  assert back.collision_policy == "report" and back.collision_report["shared_groups"] == \
+      cb2.collision_report["shared_groups"]
+
+
+def test_unique_policy_is_the_default_and_old_codebooks_read_as_their_resolve_flag():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(30, 6)).astype(np.float32)
+  c = config_lib.base_config().codebook
+  assert c.collisions == "unique"
+  c.method, c.levels, c.size, c.pca_dim = "residual_kmeans", 2, 2, 4
+  cb = cb_lib.build(c, x, [f"t{i}" for i in range(30)])
+  assert not cb.shares_codes and collisions.collision_rate(cb.codes) == 0
+  old = cb_lib.Codebook("rqvae", np.zeros((2, 2), np.int32), [2, 2], config={"resolve": False})
+  assert old.collision_policy == "report"
+  assert cb_lib.Codebook("rqvae", np.zeros((1, 2), np.int32), [2, 2], config={"resolve": True}).collision_policy \
+      == "unique"

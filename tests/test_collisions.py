@@ -57,3 +57,26 @@ def test_suffix_only_and_determinism():
   b, _ = collisions.resolve(big, lambda ids: cost[ids], 6)
   np.testing.assert_array_equal(a, b)
   assert collisions.collision_rate(a) == 0
+
+
+def test_policies_report_sinkhorn_unique():
+  """Per-method collision handling: 'report' (Toolscaler) leaves codes as quantised, 'sinkhorn' (ToolWeaver) moves
+  what it can and leaves the rest shared, 'unique' (ours) leaves nothing shared; every report counts the groups."""
+  k = 2
+  codes = np.array([[0, 0], [0, 0], [0, 0], [1, 1], [1, 1], [2, 0]], np.int32)
+  cost = np.random.default_rng(3).random((6, k))
+  out, rep = collisions.apply_policy("report", codes, lambda ids: cost[ids], k)
+  np.testing.assert_array_equal(out, codes)
+  assert (rep.policy, rep.groups_before, rep.tools_in_collisions, rep.shared_groups, rep.shared_tools,
+          rep.largest_group) == ("report", 2, 5, 2, 5, 3)
+  assert rep.rate_before == rep.rate_after == pytest.approx(3 / 6)
+  out, rep = collisions.apply_policy("sinkhorn", codes, lambda ids: cost[ids], k)
+  assert out.shape == codes.shape  # no suffix level
+  # prefix 0 has two last-level codes for three tools: one stays shared; prefix 1 separates fully
+  assert rep.policy == "sinkhorn" and rep.moved_by_sinkhorn == 2 and rep.shared_groups == 1
+  assert rep.shared_tools == 2 and rep.rate_after == pytest.approx(1 / 6) == collisions.collision_rate(out)
+  out, rep = collisions.apply_policy("unique", codes, lambda ids: cost[ids], k)
+  assert rep.policy == "unique" and collisions.collision_rate(out) == 0 and rep.shared_groups == 0
+  assert rep.largest_group == 1 and rep.suffixed_tools == 2
+  with pytest.raises(ValueError, match="collision policy"):
+    collisions.apply_policy("merge", codes, None, k)

@@ -54,3 +54,36 @@ def test_method_configs_have_small_real_and_paper_variants(name, monkeypatch):
     assert gorilla.codebook.size ** gorilla.codebook.levels >= 94  # room for every TorchHub API
   with pytest.raises(ValueError, match="unknown config variant"):
     mod.get_config("huge")
+
+
+def _method_config(name, variant):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant)
+
+
+@pytest.mark.parametrize("variant", base.SCALES)
+def test_collision_handling_follows_each_paper(variant):
+  """ToolWeaver: Sinkhorn-Knopp; Toolscaler: report only; ToolGen's atomic ids: unique by construction."""
+  assert _method_config("toolweaver", variant).codebook.collisions == "sinkhorn"
+  assert _method_config("toolscaler", variant).codebook.collisions == "report"
+  assert _method_config("toolgen", variant).codebook.collisions == "unique"
+  assert base.base_config().codebook.collisions == "unique"  # our guarantee: the default outside the methods
+
+
+def test_paper_stages_encoder_and_rqvae_optimisation():
+  from toolgen_jax.codebook import codebook as cb_lib
+  tw = _method_config("toolweaver", "paper")
+  assert tw.train.stages == ("retrieval", "trajectory")  # two-stage alignment, no memorisation
+  assert tw.encoder.kind == "mpnet"
+  assert (tw.codebook.learning_rate, tw.codebook.batch_size, tw.codebook.epochs) == (1e-5, 5096, 5000)
+  assert cb_lib.rqvae_steps(tw.codebook, 46_985) == 5000 * 10  # 10 batches of 5096 per epoch
+  assert cb_lib.rqvae_steps(base.base_config().codebook, 46_985) == base.base_config().codebook.steps
+  ts = _method_config("toolscaler", "paper")
+  assert ts.train.stages == ("retrieval", "trajectory")
+  assert (ts.train.stage_epochs.retrieval, ts.train.stage_epochs.trajectory) == (5.0, 2.0)
+  assert ts.train.stage_epochs.memorization == 0.0
+  assert ts.train.seq_len == 6144 and ts.model.max_seq_len >= 6144
+  assert _method_config("toolgen", "paper").train.stages == ("memorization", "retrieval", "trajectory")

@@ -142,15 +142,17 @@ class CodeVocabulary:
   def trie(self, rows: Sequence[int] | None = None, tool_ids: Sequence[int] | None = None, *,
            dense_budget_bytes: int = 64 << 20) -> trie_lib.Trie:
     """The trie over codebook `rows` (default: the active corpus tools, `Codebook.tool_rows`), labelled
-    `tool_ids` (default: their corpus ids), each (level, code) mapped to its vocabulary id."""
+    `tool_ids` (default: their corpus ids), each (level, code) mapped to its vocabulary id. A codebook whose
+    collision policy lets tools share a code tuple (`Codebook.shares_codes`: Toolscaler's 'report', ToolWeaver's
+    'sinkhorn') gets shared leaves (`Trie.expand` ranks their members); a 'unique' one must have none."""
     cb = self.codebook
     rows = cb.tool_rows() if rows is None else np.asarray(rows, np.int64)
     ids = cb.corpus_ids(rows) if tool_ids is None else np.asarray(tool_ids, np.int64)
     codes = cb.codes[rows]
     if self.kind == "vocab":
       return trie_lib.Trie.build(codes, ids, code_tokens=None, num_codes=None, end_token=None,
-                                 dense_budget_bytes=int(dense_budget_bytes))
+                                 dense_budget_bytes=int(dense_budget_bytes), shared_codes=cb.shares_codes)
     table = np.where(self._ids >= 0, self._ids, 0)
     end = end_of_turn_id(self.tokenizer) if (codes < 0).any() else None  # these rows' codes vary in length
     return trie_lib.Trie.build(codes, ids, code_tokens=table, num_codes=table.shape[1], end_token=end,
-                               dense_budget_bytes=int(dense_budget_bytes))
+                               dense_budget_bytes=int(dense_budget_bytes), shared_codes=cb.shares_codes)

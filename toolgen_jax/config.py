@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- sentence encoder for tool documents (toolgen_jax/codebook/bert.py, embed.py) --------------------------
   c.encoder = ml_collections.ConfigDict()
-  c.encoder.kind = "minilm"       # minilm (embedded all-MiniLM-L6-v2) | bert_dir (any local BERT/MPNet dir) | gist
+  c.encoder.kind = "minilm"       # minilm (embedded all-MiniLM-L6-v2) | mpnet (all-mpnet-base-v2 from its offline
+                                  # packages, assets.mpnet_dir) | bert_dir (any local BERT/MPNet dir) | gist
   c.encoder.path = ""             # bert_dir: the HF directory (config.json, *.safetensors, tokenizer.json)
   c.encoder.batch_size = 64
   c.encoder.max_len = 128
@@ -79,7 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.codebook.method = "rqvae"     # rqvae | residual_kmeans | atomic | numerical | hierarchical | semantic
   c.codebook.levels = 2           # L (rqvae: codebooks; residual_kmeans: levels per position)
   c.codebook.size = 1024          # K codes per level (ToolWeaver 1024; Toolscaler uses 512)
-  c.codebook.resolve_collisions = True
+  # Tools whose codes are equal (codebook/collisions.py): sinkhorn = ToolWeaver's Sinkhorn-Knopp re-assignment, what
+  # it cannot separate stays shared | report = Toolscaler, codes as quantised, collisions only counted (tools sharing
+  # a code tuple share a trie leaf) | unique = our guarantee (Sinkhorn, then a suffix level). Method configs set
+  # their paper's; the count is in the codebook's collision_report either way.
+  c.codebook.collisions = "unique"
   c.codebook.seed = 0
   c.codebook.rqvae_hidden = (1024, 512, 256, 128, 64)  # ToolWeaver released MLP widths
   c.codebook.code_dim = 64
@@ -92,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.codebook.learning_rate = 1e-3
   c.codebook.batch_size = 1024
   c.codebook.steps = 1000         # RQ-VAE optimizer steps
+  c.codebook.epochs = 0           # > 0 overrides steps: epochs * ceil(N / batch_size) (ToolWeaver released: 5000)
   c.codebook.pca_dim = 32         # residual_kmeans: PCA dimension per gist position (Toolscaler)
   c.codebook.branching = 10       # hierarchical baseline: children per tree node (ToolGen)
 
@@ -105,7 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.stages = ("memorization", "retrieval")
   c.train.steps = 100             # per stage (unless stage_steps names the stage)
   # Steps per named stage (0 = train.steps); "refine" = each post-guided round's retraining (0 = its stage's steps).
-  c.train.stage_steps = ml_collections.ConfigDict({"memorization": 0, "retrieval": 0, "trajectory": 0, "refine": 0})
+  c.train.stage_steps = ml_collections.ConfigDict({"memorization": 0, "retrieval": 0, "trajectory": 0, "refine": 0,
+                                                   "mixed": 0})
   c.train.batch_size = 8
   c.train.seq_len = 64
   c.train.learning_rate = 4e-5
@@ -143,7 +150,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True
   # Epochs per named stage (> 0 overrides stage_steps: steps = ceil(epochs * examples / batch_size)), so a config
   # means the same training on any device.
-  c.train.stage_epochs = ml_collections.ConfigDict({"memorization": 0.0, "retrieval": 0.0, "trajectory": 0.0})
+  c.train.stage_epochs = ml_collections.ConfigDict({"memorization": 0.0, "retrieval": 0.0, "trajectory": 0.0,
+                                                    "mixed": 0.0})
   # The training engine (training/stages.py). recipe: `train.fit` on whole sequences, full-vocabulary loss on the
   # target tokens (the papers' objective). code: the frozen bottom `frozen_layers` computed once into a feature
   # cache (WORKDIR/feature_cache), only the top layers and the code tokens' own output rows trained, loss on the
@@ -153,6 +161,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.lr_rows = 2e-3          # code engine: peak learning rate of the code output rows
   c.train.lr_layers = 1e-4        # code engine: peak learning rate of the top layers (and the final norm)
   c.train.prototype_init = True   # code engine: code rows start at the mean cached hidden state of their tools
+  # code engine: weight of the text term (next-token NLL at `text_positions` ordinary prompt positions per example,
+  # only the added rows move): code rows learn to stay below words on English (0 = off; needs frozen_layers = all)
+  c.train.text_weight = 0.0
+  c.train.text_positions = 4
+  # Documents as queries (DSI-QG / NCI DocAsQuery; data/views.py): memorisation trains on these views of each tool
+  # (name_description, description, sentence, parameters) instead of the one cut document. () = the papers' document.
+  c.train.memorization_views = ()
+  # sequential: the stages in order (the papers). mixed (code engine): memorisation and retrieval examples in one
+  # run (DSI's indexing + retrieval), `stage_epochs.mixed` epochs, so the second does not overwrite the first.
+  c.train.schedule = "sequential"
 
   # --- device mesh and logical axis rules (toolgen_jax/training/sharding) -------------------------------------
   c.mesh = ml_collections.ConfigDict()
@@ -344,11 +362,12 @@ CHOICES = {
     "data.trajectory_examples": ("whole", "steps"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
-    "encoder.kind": ("minilm", "bert_dir", "gist"),
+    "encoder.kind": ("minilm", "mpnet", "bert_dir", "gist"),
     "encoder.dtype": ("float32", "bfloat16", "float16"),
     "encoder.gist_form": ("cascade", "kv_cache"),
     "codebook.method": ("rqvae", "residual_kmeans", "atomic", "numerical", "hierarchical", "semantic"),
     "codebook.collab_form": ("paper", "latent_contrast"),
+    "codebook.collisions": ("sinkhorn", "report", "unique"),
     "vocab.init": ("random", "subword_mean", "codebook", "rqvae_codebook", "reframe"),
     "train.trainable": ("all", "lora", "lora_and_new_tokens", "new_tokens"),
     "train.packing": ("pad", "bucket"),
@@ -356,6 +375,7 @@ CHOICES = {
     "train.refine_form": ("paper", "last_stage"),
     "train.best_mode": ("max", "min"),
     "train.engine": ("recipe", "code"), "train.code_loss": ("level", "trie", "full"),
+    "train.schedule": ("sequential", "mixed"),
     "decode.normalize": ("full", "level", "trie"),
     "mesh.distributed": ("auto", "always", "never"),
     "eval.bm25_method": ("lucene", "robertson", "atire", "bm25l", "bm25+"),
@@ -364,6 +384,7 @@ CHOICES = {
 # Tuple fields whose every member is enumerated.
 MEMBER_CHOICES = {
     "train.stages": ("memorization", "retrieval", "trajectory"),
+    "train.memorization_views": ("name_description", "description", "sentence", "parameters"),  # data/views.KINDS
     "eval.settings": ("multi-domain", "in-domain", "candidates"),
     "eval.baselines": ("bm25", "embedding"),
     "pipeline.redo": ("corpus", "embeddings", "codebook", "model", "train", "evaluate", "report"),
@@ -379,7 +400,7 @@ RANGES = {
     "encoder.gist_weight_decay": _NONNEG, "encoder.gist_patience": _NONNEG, "encoder.gist_eval_every": _NONNEG,
     "codebook.levels": _POS, "codebook.size": (2, None), "codebook.code_dim": _POS, "codebook.beta": _NONNEG,
     "codebook.sinkhorn_iters": _POS, "codebook.collab_lambda": _NONNEG, "codebook.batch_size": _POS,
-    "codebook.steps": _NONNEG, "codebook.pca_dim": _POS, "codebook.branching": (2, None),
+    "codebook.steps": _NONNEG, "codebook.epochs": _NONNEG, "codebook.pca_dim": _POS, "codebook.branching": (2, None),
     "codebook.rqvae_hidden": _POS,
     "vocab.pad_to_multiple": _POS,
     "train.steps": _POS, "train.batch_size": _POS, "train.seq_len": _POS, "train.warmup_fraction": _UNIT,
@@ -391,7 +412,8 @@ RANGES = {
     "train.stage_steps.memorization": _NONNEG, "train.stage_steps.retrieval": _NONNEG,
     "train.stage_steps.trajectory": _NONNEG, "train.stage_steps.refine": _NONNEG,
     "train.stage_epochs.memorization": _NONNEG, "train.stage_epochs.retrieval": _NONNEG,
-    "train.stage_epochs.trajectory": _NONNEG,
+    "train.stage_epochs.trajectory": _NONNEG, "train.stage_epochs.mixed": _NONNEG,
+    "train.text_weight": _NONNEG, "train.text_positions": _NONNEG,
     "decode.beam_size": _POS, "decode.length_normalization": _NONNEG, "decode.dense_budget_bytes": _NONNEG,
     "eval.ks": _POS, "eval.recall_ks": _POS, "eval.batch_size": _POS, "eval.perplexity_tokens": _NONNEG,
     "eval.train_queries": _NONNEG, "eval.memorization_tools": _NONNEG, "eval.depth": _POS,

@@ -246,6 +246,9 @@ class ModelPolicy(Policy):
                                beam_size=max(k, self.beam_size), tool_mask=tool_mask, normalize=self.normalize)
     tool_ids, scores = np.asarray(res.tool_ids).tolist(), np.asarray(res.scores).tolist()
     for j, i in enumerate(rows):
+      if self.trie.shared_codes:  # a shared leaf: its members within this step's candidates, at the leaf's score
+        pool = None if len(masks[j]) >= self.num_tools else set(masks[j])
+        tool_ids[j], scores[j] = self.trie.expand(tool_ids[j], scores[j], allowed=pool)
       out[i] = [ToolChoice(None if tid == self.finish_id else tid, float(sc))
                 for tid, sc in zip(tool_ids[j], scores[j]) if tid >= 0][:k]
     return out

@@ -121,6 +121,18 @@ class Codebook:
   def token_kind(self) -> str:
     return TOKEN_KINDS[self.method]
 
+  @property
+  def collision_policy(self) -> str:
+    """How this codebook handles tools with equal codes (`collisions.POLICIES`): 'unique' guarantees one tool per
+    code sequence; 'sinkhorn' (ToolWeaver) and 'report' (Toolscaler) may leave tools sharing one. A codebook saved
+    before the setting existed reads as its `resolve` flag said."""
+    return str(self.config.get("collisions", "unique" if self.config.get("resolve", True) else "report"))
+
+  @property
+  def shares_codes(self) -> bool:
+    """Whether several tools may share one code sequence (the trie then gives a leaf to all of them)."""
+    return self.collision_policy != "unique"
+
   def tool_rows(self) -> np.ndarray:
     """[M] the active rows that are tools of the corpus: every active row except Finish (what retrieval decodes)."""
     keep = self.active.copy()
@@ -167,12 +179,14 @@ class Codebook:
     self.revision += 1
 
   def add_tools(self, embeddings: np.ndarray | None = None, *, docs: Sequence[str] | None = None,
-                names: Sequence[str] | None = None) -> AddReport:
+                names: Sequence[str] | None = None, own_code: bool = False) -> AddReport:
     """Codes new tools with the frozen encoder and quantiser (no retraining; Toolscaler Algorithm 1).
 
     Give `embeddings` [M, D] (same encoder as the corpus) or `docs` (encoded here with the recorded encoder).
-    A new tool whose code is taken is moved to the nearest free last-level code under its prefix, else under its
-    next-best code of the level before; `AddReport.collided` says which ones were.
+    `AddReport.collided` says which new tools got a code that was already taken. Under the 'report' policy
+    (Toolscaler) such a tool keeps its code and shares it (`moved` False); otherwise, or with `own_code` (the
+    Finish action, which must never share), it is moved to the nearest free last-level code under its prefix,
+    else under its next-best code of the level before.
     """
     if embeddings is None:
       if docs is None:
@@ -196,7 +210,7 @@ class Codebook:
       new = baselines.numerical(start + m, base)[start:, -self.num_levels:]
       collided = np.zeros(m, bool)
     elif self.method in ("rqvae", "residual_kmeans"):
-      new, collided = self._code_new(x)
+      new, collided = self._code_new(x, share=self.collision_policy == "report" and not own_code)
     else:
       raise ValueError(f"add_tools is not supported for the {self.method!r} baseline (it has no frozen quantiser); "
                        "rebuild the codebook")
@@ -210,7 +224,8 @@ class Codebook:
     self.tool_names += names
     self.revision += 1
     ids = np.arange(start, start + m)
-    return AddReport(ids, collided, collided.copy(), self.codes[ids])
+    moved = collided & (self.collision_policy != "report" or own_code)
+    return AddReport(ids, collided, moved, self.codes[ids])
 
   def add_finish(self, embeddings: np.ndarray | None = None, *, doc: str | None = None) -> AddReport:
     """Gives the Finish action its own code sequence: the Finish document (`embeddings` [1, D] from the corpus's
@@ -223,7 +238,7 @@ class Codebook:
     if self.method == "hierarchical":
       raise ValueError("the hierarchical baseline has no frozen quantiser to code the Finish action with; use "
                        "rqvae, residual_kmeans, atomic or numerical for agent tuning")
-    report = self.add_tools(embeddings, docs=None if doc is None else [doc], names=[FINISH_NAME])
+    report = self.add_tools(embeddings, docs=None if doc is None else [doc], names=[FINISH_NAME], own_code=True)
     self.finish_id = int(report.ids[0])
     return report
 
@@ -252,11 +267,23 @@ class Codebook:
     per = st.centroids.shape[1]
     return codes, inputs, lambda l: np.asarray(rkm.level_codebook(st, l)), lambda a_, b_: a_ // per == b_ // per
 
-  def _code_new(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def _code_new(self, x: np.ndarray, share: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [M, L(+1)], collided [M]). share=True: a taken code is kept (reported, not moved), except the
+    Finish action's, which is never shared with."""
     codes, inputs, codebook_at, same_group = self._quantizer_levels(x)
     codes = np.array(codes, np.int32, copy=True)
     L = codes.shape[1]
     used = {tuple(int(c) for c in row[:L]) for row in self.codes}  # retired tools' codes stay reserved
+    if share:
+      collided = np.array([tuple(int(c) for c in row) in used for row in codes], bool)
+      finish = None if self.finish_id is None else self.code_of(self.finish_id)
+      on_finish = np.array([tuple(int(c) for c in row) == finish for row in codes], bool)
+      if on_finish.any():  # nothing shares the Finish action's code: those tools move as under 'unique'
+        own, _ = self._code_new(x[on_finish], share=False)
+        if own.shape[1] != L:
+          raise ValueError("add_tools: no free code under the Finish action's prefix; rebuild with a larger size")
+        codes[on_finish] = own
+      return codes, collided
     # Base codes held by a suffixed group (all holders carry a suffix): a newcomer can join with the next suffix.
     suffixed: dict[tuple[int, ...], int] = {}
     if self.codes.shape[1] > L:
@@ -359,40 +386,43 @@ def load(directory: str | os.PathLike) -> Codebook:
 def from_rqvae(config: rqvae.RQVAEConfig, x: np.ndarray, edges: np.ndarray | None = None,
                edge_weights: np.ndarray | None = None, *, tool_names: Sequence[str] | None = None,
                encoder: Mapping[str, Any] | None = None, resolve: bool = True, progress: bool = False,
-               state: rqvae.RQVAEState | None = None) -> Codebook:
-  """Trains the RQ-VAE (unless `state` is given), assigns balanced codes, resolves collisions."""
+               state: rqvae.RQVAEState | None = None, collisions_policy: str | None = None) -> Codebook:
+  """Trains the RQ-VAE (unless `state` is given), assigns balanced codes, handles collisions as
+  `collisions_policy` says (`collisions.POLICIES`; None: 'unique' if `resolve` else 'report')."""
+  policy = _policy(collisions_policy, resolve)
   if state is None:
     state, _ = rqvae.train(config, x, edges, edge_weights, progress=progress)
   a = rqvae.assign_codes(config, state.params, jnp.asarray(x, jnp.float32))
   codes = np.asarray(a.codes)
   last_in = np.asarray(a.level_inputs[-1])
   costs = lambda ids: rqvae.level_costs(config, state.params, config.num_levels - 1, last_in[ids])
-  codes, report = (collisions.resolve(codes, costs, config.codebook_size) if resolve
-                   else (codes, _report_only(codes)))
+  codes, report = collisions.apply_policy(policy, codes, costs, config.codebook_size)
   quant = _flatten({"params": jax.tree.map(np.asarray, state.params), "duals": a.duals, "mids": a.mids,
                     "amps": a.amps})
   sizes = [config.codebook_size] * config.num_levels + _suffix_size(codes, config.num_levels)
   return Codebook("rqvae", codes, sizes, tool_names=tool_names, quantizer=quant,
-                  quantizer_config=dataclasses.asdict(config), encoder=encoder, config={"resolve": resolve},
-                  collision_report=report.to_json())
+                  quantizer_config=dataclasses.asdict(config), encoder=encoder,
+                  config={"resolve": policy == "unique", "collisions": policy}, collision_report=report.to_json())
 
 
 def from_residual_kmeans(config: rkm.ResidualKMeansConfig, x: np.ndarray, *, tool_names=None, encoder=None,
-                         resolve: bool = True) -> Codebook:
+                         resolve: bool = True, collisions_policy: str | None = None) -> Codebook:
+  """Fits PCA + residual k-means (Toolscaler section 4.2) and handles collisions as `collisions_policy` says
+  (None: 'unique' if `resolve` else 'report'; Toolscaler's own is 'report')."""
+  policy = _policy(collisions_policy, resolve)
   state, codes = rkm.fit(config, x)
   _, inputs = rkm.encode(state, x)
   last = len(inputs) - 1
   cb_last = rkm.level_codebook(state, last)
   costs = lambda ids: np.asarray(km.sq_distances(jnp.asarray(inputs[last][ids]), cb_last))
-  codes, report = (collisions.resolve(codes, costs, config.codebook_size) if resolve
-                   else (codes, _report_only(codes)))
+  codes, report = collisions.apply_policy(policy, codes, costs, config.codebook_size)
   quant = _flatten({"pca": {str(i): dataclasses.asdict(p) for i, p in enumerate(state.pca)},
                     "centroids": state.centroids})
   n_levels = state.centroids.shape[0] * state.centroids.shape[1]
   sizes = [config.codebook_size] * n_levels + _suffix_size(codes, n_levels)
   return Codebook("residual_kmeans", codes, sizes, tool_names=tool_names, quantizer=quant,
-                  quantizer_config=dataclasses.asdict(config), encoder=encoder, config={"resolve": resolve},
-                  collision_report=report.to_json())
+                  quantizer_config=dataclasses.asdict(config), encoder=encoder,
+                  config={"resolve": policy == "unique", "collisions": policy}, collision_report=report.to_json())
 
 
 def from_baseline(method: str, num_tools: int, *, tool_names: Sequence[str] | None = None,
@@ -415,9 +445,12 @@ def from_baseline(method: str, num_tools: int, *, tool_names: Sequence[str] | No
     codes, sizes, cfg = baselines.semantic(tool_names, tokenize, end_id), [], {"end_id": int(end_id)}
   else:
     raise ValueError(f"unknown baseline {method!r}")
-  return Codebook(method, codes, sizes, tool_names=tool_names, encoder=encoder, config=cfg,
+  # The baselines' codes are used as built (atomic and numerical ids are unique by construction; hierarchical and
+  # semantic codes are made prefix-free/unique by their builders): the trie refuses a shared code for them.
+  return Codebook(method, codes, sizes, tool_names=tool_names, encoder=encoder, config=cfg | {"collisions": "unique"},
                   collision_report={"rate_before": collisions.collision_rate(codes),
-                                    "rate_after": collisions.collision_rate(codes)})
+                                    "rate_after": collisions.collision_rate(codes), "policy": "unique",
+                                    **collisions.shared_counts(codes)})
 
 
 def build(codebook_config, embeddings: np.ndarray | None, tool_names: Sequence[str], *, cooccurrence=None,
@@ -433,28 +466,38 @@ def build(codebook_config, embeddings: np.ndarray | None, tool_names: Sequence[s
         beta=c.beta, sinkhorn_epsilon=c.sinkhorn_epsilon, sinkhorn_iters=c.sinkhorn_iters,
         collab_lambda=float(c.collab_lambda), learning_rate=c.learning_rate,
         collab_form=c.get("collab_form", "latent_contrast"), collab_adjacency=cooccurrence_normalization,
-        batch_size=c.batch_size, steps=c.steps, seed=c.seed)
+        batch_size=c.batch_size, steps=rqvae_steps(c, n), seed=c.seed)
     edges = weights = None
     if cooccurrence is not None and cfg.collab_lambda > 0:
       edges, weights = cooccurrence.edges()
     return from_rqvae(cfg, embeddings, edges, weights, tool_names=tool_names, encoder=encoder,
-                      resolve=c.resolve_collisions, progress=progress)
+                      collisions_policy=c.get("collisions", "unique"), progress=progress)
   if c.method == "residual_kmeans":
     cfg = rkm.ResidualKMeansConfig(pca_dim=c.pca_dim, num_levels=c.levels, codebook_size=min(c.size, n),
                                    seed=c.seed)
     return from_residual_kmeans(cfg, embeddings, tool_names=tool_names, encoder=encoder,
-                                resolve=c.resolve_collisions)
+                                collisions_policy=c.get("collisions", "unique"))
   return from_baseline(c.method, n, tool_names=tool_names, embeddings=embeddings, tokenize=tokenize, end_id=end_id,
                        branching=c.branching, seed=c.seed, encoder=encoder)
+
+
+def rqvae_steps(codebook_config, num_tools: int) -> int:
+  """RQ-VAE optimizer steps: `codebook.epochs` passes over the tools in batches of `codebook.batch_size` when set
+  (> 0; ToolWeaver's released `index/main.py` counts epochs: 5000 of batch 5096), else `codebook.steps`."""
+  epochs = int(codebook_config.get("epochs", 0) or 0)
+  if epochs > 0:
+    return epochs * max(1, -(-int(num_tools) // int(codebook_config.batch_size)))
+  return int(codebook_config.steps)
+
+
+def _policy(policy: str | None, resolve: bool) -> str:
+  policy = policy if policy is not None else ("unique" if resolve else "report")
+  if policy not in collisions.POLICIES:
+    raise ValueError(f"collision policy must be one of {collisions.POLICIES}, got {policy!r}")
+  return policy
 
 
 def _suffix_size(codes: np.ndarray, base_levels: int) -> list[int]:
   if codes.shape[1] == base_levels:
     return []
   return [int(codes[:, l].max()) + 1 for l in range(base_levels, codes.shape[1])]
-
-
-def _report_only(codes: np.ndarray) -> collisions.CollisionReport:
-  r = collisions.collision_rate(codes)
-  g = collisions.collision_groups(codes)
-  return collisions.CollisionReport(r, len(g), int(sum(len(x) for x in g)), 0, r, 0, r)

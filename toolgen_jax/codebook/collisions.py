@@ -1,15 +1,31 @@
-"""Collisions: every tool must end with its own code sequence (the trie maps a code to exactly one tool).
+"""Collisions: tools whose code sequences are equal, and what each method does about them (`codebook.collisions`).
 
-Resolution, never dropping or merging tools:
+Each paper handles them its own way, so the policy is a per-method setting (`POLICIES`), recorded in the codebook and
+in its `CollisionReport` (counts and rates before and after):
+
+  sinkhorn  ToolWeaver ("uniform mapping: resolve collisions using Sinkhorn-Knopp optimal transport", released
+            README; `index/generate_indices_toolweaver.py`): the colliding tools' last level is re-assigned by an
+            entropic-OT plan (step 1 below). Tools that still share a code tuple afterwards stay shared and are
+            reported: the released script re-encodes colliding groups with Sinkhorn, then leaves the loop while
+            collisions remain ("we no longer differentiate them"), so its `<f_n>` collision token is never reached.
+  report    Toolscaler (section 4.2 codes, collisions only counted in its analysis): codes are what the quantiser
+            gives. Tools sharing a code tuple share one trie leaf (`decoding/trie.py`: the leaf decodes to all of
+            its member tools, at that beam's score, in tool-id order).
+  unique    our guarantee, not either paper's as run (it is what the released `<f_n>` token intends): step 1, then a
+            disambiguating suffix level (step 2), so every tool ends with its own code sequence and the trie maps
+            each leaf to exactly one tool.
+  (ToolGen's atomic ids, one token per tool, never collide; its config reports 0.)
+
+Resolution (`resolve`), never dropping or merging tools:
   1. Sinkhorn re-assignment of the last level (ToolWeaver's approach): in each colliding group the member nearest
      to the shared code keeps it (fewest codes change); the others are spread over the last-level codes still
      free under their prefix by an entropic-OT plan on their last-level distances (centred costs, eps 0.003 as
      the released code's resolution pass), rounded greedily to distinct codes in decreasing plan probability.
      Groups are processed in order of their smallest tool id, so the result is deterministic.
-  2. Whatever still collides (a prefix with more tools than last-level codes) gets a disambiguating suffix code:
-     one extra level whose value is the member's rank (by tool id) in its group; every other tool has -1 there
-     (codes are -1 padded, variable length). Because all tools of a colliding group get a suffix, no code is a
-     proper prefix of another.
+  2. (`suffix=True`, the 'unique' policy) whatever still collides gets a disambiguating suffix code: one extra
+     level whose value is the member's rank (by tool id) in its group; every other tool has -1 there (codes are -1
+     padded, variable length). Because all tools of a colliding group get a suffix, no code is a proper prefix of
+     another.
 """
 
 from __future__ import annotations
@@ -51,8 +67,13 @@ def collision_groups(codes: np.ndarray) -> list[np.ndarray]:
   return sorted(groups, key=lambda g: int(g[0]))
 
 
+POLICIES = ("sinkhorn", "report", "unique")  # config.codebook.collisions (module docstring)
+
+
 @dataclasses.dataclass(frozen=True)
 class CollisionReport:
+  """Counts before and after a policy. A rate is (N - #distinct code tuples) / N (`collision_rate`); a group is a
+  set of >= 2 tools sharing one full code tuple. `shared_*` describe the codes as finally used (0 under 'unique')."""
   rate_before: float
   groups_before: int
   tools_in_collisions: int
@@ -60,9 +81,38 @@ class CollisionReport:
   rate_after_sinkhorn: float
   suffixed_tools: int
   rate_after: float
+  policy: str = "unique"
+  shared_groups: int = 0      # groups of tools left sharing a code tuple (trie leaves with several tools)
+  shared_tools: int = 0       # tools in those groups
+  largest_group: int = 1      # most tools under one code tuple (1: every code is unique)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def shared_counts(codes: np.ndarray) -> dict:
+  """{'shared_groups', 'shared_tools', 'largest_group'} of `codes` [N, L] (-1 padded rows compare as written)."""
+  g = collision_groups(codes) if len(codes) else []
+  return {"shared_groups": len(g), "shared_tools": int(sum(len(x) for x in g)),
+          "largest_group": int(max((len(x) for x in g), default=1))}
+
+
+def report_only(codes: np.ndarray) -> CollisionReport:
+  """The 'report' policy: codes unchanged, collisions counted."""
+  r = collision_rate(codes)
+  g = collision_groups(codes)
+  return CollisionReport(r, len(g), int(sum(len(x) for x in g)), 0, r, 0, r, policy="report",
+                         **shared_counts(codes))
+
+
+def apply_policy(policy: str, codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | None,
+                 codebook_size: int) -> tuple[np.ndarray, CollisionReport]:
+  """`codes` [N, L] handled as `policy` says (module docstring) -> (codes, report)."""
+  if policy not in POLICIES:
+    raise ValueError(f"collision policy must be one of {POLICIES}, got {policy!r}")
+  if policy == "report":
+    return np.array(codes, np.int32, copy=True), report_only(codes)
+  return resolve(codes, last_costs, codebook_size, suffix=policy == "unique")
 
 
 def _lse(x: np.ndarray, axis: int) -> np.ndarray:
@@ -94,8 +144,10 @@ def _group_plans(cost: np.ndarray, free: np.ndarray, eps: float, iters: int) -> 
 
 
 def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | None, codebook_size: int, *,
-            epsilon: float = 0.003, iters: int = 50) -> tuple[np.ndarray, CollisionReport]:
-  """Makes every row of `codes` [N, L] unique. -> (codes [N, L] or [N, L + 1] with a -1 padded suffix, report).
+            epsilon: float = 0.003, iters: int = 50, suffix: bool = True) -> tuple[np.ndarray, CollisionReport]:
+  """Step 1 (Sinkhorn) and, with `suffix`, step 2 of the module docstring. suffix=True makes every row of `codes`
+  [N, L] unique -> (codes [N, L] or [N, L + 1] with a -1 padded suffix, report); suffix=False (ToolWeaver's
+  'sinkhorn' policy) leaves what step 1 could not separate shared -> (codes [N, L], report).
 
   last_costs(ids [G]) -> [G, K]: the members' costs for every last-level code (squared distances of the residual
   entering the last level); None skips step 1 (suffixes only, e.g. for the semantic baseline).
@@ -162,12 +214,13 @@ def resolve(codes: np.ndarray, last_costs: Callable[[np.ndarray], np.ndarray] | 
           taken.add(rows_done[i])
   after_sk = collision_rate(codes)
   suffixed = 0
-  rest = collision_groups(codes)
+  rest = collision_groups(codes) if suffix else []
   if rest:
-    suffix = np.full((n, 1), -1, np.int32)
+    col = np.full((n, 1), -1, np.int32)
     for g in rest:
-      suffix[g, 0] = np.arange(len(g), dtype=np.int32)
+      col[g, 0] = np.arange(len(g), dtype=np.int32)
       suffixed += len(g)
-    codes = np.concatenate([codes, suffix], axis=1)
-  report = CollisionReport(before, len(groups), in_coll, moved, after_sk, suffixed, collision_rate(codes))
+    codes = np.concatenate([codes, col], axis=1)
+  report = CollisionReport(before, len(groups), in_coll, moved, after_sk, suffixed, collision_rate(codes),
+                           policy="unique" if suffix else "sinkhorn", **shared_counts(codes))
   return codes, report

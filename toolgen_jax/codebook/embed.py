@@ -110,9 +110,13 @@ def _encoder_identity(path: pathlib.Path) -> str:
 
 
 def resolve_encoder_path(spec: str | os.PathLike = "minilm") -> pathlib.Path:
-  """'minilm' (or '') -> the embedded all-MiniLM-L6-v2; otherwise a local HF BERT/MPNet directory."""
+  """'minilm' (or '') -> the embedded all-MiniLM-L6-v2; 'mpnet' -> all-mpnet-base-v2 (ToolWeaver's encoder) unpacked
+  from its offline packages (`assets.mpnet_dir`, a MissingAssetError naming them when absent); otherwise a local HF
+  BERT/MPNet directory."""
   if str(spec) in ("", "minilm"):
     return assets.minilm_dir()
+  if str(spec) == "mpnet":
+    return assets.mpnet_dir()
   if str(spec) == "gist":
     raise ValueError("encoder.kind='gist' embeddings come from the LLM, not a sentence encoder: the pipeline "
                      "trains them (pipeline.gist_embeddings); by hand, gist.train then gist.embed_tools [N, V, D]")

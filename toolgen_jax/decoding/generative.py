@@ -46,7 +46,9 @@ class GenerativeRetriever:
 
   def rank(self, queries: Sequence[Query], k: int, candidates: Sequence[tuple[int, ...] | None] | None = None
            ) -> list[list[int]]:
-    """Top-k distinct tools per query (k <= beam_size: the beam is the ranked list)."""
+    """Top-k distinct tools per query (k <= beam_size: the beam is the ranked list). A shared leaf (tools sharing
+    a code tuple) contributes all of its live members, at its score, in tool-id order (`Trie.expand`), within the
+    query's candidates when given."""
     if candidates is None:
       candidates = [None] * len(queries)
     beam = max(self.beam_size, k)
@@ -74,8 +76,10 @@ class GenerativeRetriever:
       res = constrained.retrieve(self.params, self.model_config, jnp.asarray(tokens), jnp.asarray(mask),
                                  self._device_trie, beam_size=beam, alpha=self.alpha, tool_mask=tool_mask,
                                  normalize=self.normalize)
-      ranked = bs.ranked_tools(res, k)
+      ranked = bs.ranked_tools(res, None if self.trie.shared_codes else k)
       for row, i in enumerate(idx):
-        results[i] = [int(t) for t in ranked[row] if t >= 0][:k]
+        pool = None if candidates[i] is None else set(int(t) for t in candidates[i])
+        tools, _ = self.trie.expand(ranked[row], allowed=pool)
+        results[i] = tools[:k]
     out = [results[i] for i in range(len(queries))]
     return out

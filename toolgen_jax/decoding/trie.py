@@ -24,6 +24,13 @@ Layout (`Trie`, host; `DeviceTrie`, device):
   ids are never reused) without renumbering; `add` rebuilds from the live sequences plus the new ones.
 - Restriction to a candidate subset (in-domain setting) needs no rebuild: `allowed_nodes` propagates a per-query
   tool mask from the terminal nodes up to the root on device, one segment-max per depth.
+- Shared codes (`shared_codes=True`; the codebook's collision policy is 'report', Toolscaler, or 'sinkhorn',
+  ToolWeaver, which may leave tools sharing a code tuple): equal sequences end at one terminal node, a shared
+  leaf. The search is unchanged: a leaf is one hypothesis, labelled with a representative member (`node_tool`: its
+  smallest live tool id). `expand` turns the ranked hypotheses into ranked tools: every live member of a leaf at
+  that leaf's score, members in increasing tool id (the deterministic tie-break), leaves in beam order, optionally
+  restricted to a candidate set. A leaf is live (and allowed) when any member is. Without `shared_codes`, equal
+  sequences are an error, as a codebook that promises unique codes must not produce them.
 """
 
 from __future__ import annotations
@@ -57,9 +64,11 @@ class DeviceTrie:
   dense: one [n_d, Kc] int32 child table per dense depth d (an empty [0, Kc] array at CSR depths).
   indptr: [num_internal + 1] int32, children of node p are nodes indptr[p] + 1 ... indptr[p + 1].
   edge_code: [num_nodes - 1] int16/int32, the code on the edge into node e + 1.
-  node_tool: [num_nodes] int32 tool id of a terminal node, -1 elsewhere.
+  node_tool: [num_nodes] int32 tool id of a terminal node (a shared leaf: its representative), -1 elsewhere.
   node_parent: [num_nodes] int32 (root: 0), only read by `allowed_nodes`.
   live: [num_nodes] bool, a live tool lies below.
+  member_node, member_tool: [M] int32, the terminal node and tool id of each live tool (M live tools; a shared
+    leaf appears once per member), only read by `allowed_nodes`.
   """
 
   code_tokens: jax.Array
@@ -69,6 +78,8 @@ class DeviceTrie:
   node_tool: jax.Array
   node_parent: jax.Array
   live: jax.Array
+  member_node: jax.Array
+  member_tool: jax.Array
   depth: int = struct.field(pytree_node=False)
   level_start: tuple = struct.field(pytree_node=False)   # D + 2 entries: first node of each depth 0..D, end
   level_dense: tuple = struct.field(pytree_node=False)   # D bools: depth d (the step choosing code d) is dense
@@ -99,13 +110,14 @@ class Trie:
   live: np.ndarray           # [num_nodes] bool
   dense: tuple               # per depth: [n_d, Kc] int32 or None
   level_width: tuple
+  shared_codes: bool = False  # equal sequences share a leaf (module docstring)
 
   # --- construction -------------------------------------------------------------------------------------------
 
   @classmethod
   def build(cls, codes, tool_ids=None, *, code_tokens=None, num_codes: int | None = None,
             end_token: int | None = None, dense_budget_bytes: int = 64 * 2**20,
-            removed: frozenset = frozenset()) -> "Trie":
+            removed: frozenset = frozenset(), shared_codes: bool = False) -> "Trie":
     """Builds the tables.
 
     Args:
@@ -116,6 +128,7 @@ class Trie:
       num_codes: K, the codebook size (default: code_tokens.shape[1], else max code + 1).
       end_token: vocabulary id of the END marker (e.g. EOS); appended after every sequence.
       dense_budget_bytes: memory allowed for dense depth tables.
+      shared_codes: allow tools with equal sequences (one shared leaf; see `expand`); False raises on them.
     """
     codes = _as_padded(codes)
     n, length = codes.shape
@@ -157,10 +170,12 @@ class Trie:
       lengths = lengths + 1
     # Without END a short sequence must not be a prefix of a longer one (checked on the sorted rows).
     return cls._from_padded(codes.astype(np.int32), tool_ids.astype(np.int32), lengths, frozenset(removed),
-                            code_tokens.astype(np.int32), end_token, num_codes, dense_budget_bytes)
+                            code_tokens.astype(np.int32), end_token, num_codes, dense_budget_bytes,
+                            bool(shared_codes))
 
   @classmethod
-  def _from_padded(cls, codes, tool_ids, lengths, removed, code_tokens, end_token, num_codes, budget) -> "Trie":
+  def _from_padded(cls, codes, tool_ids, lengths, removed, code_tokens, end_token, num_codes, budget,
+                   shared_codes: bool = False) -> "Trie":
     n, depth = codes.shape
     kc = code_tokens.shape[1]
     order = np.lexsort(codes.T[::-1]) if n else np.zeros(0, np.int64)
@@ -171,11 +186,11 @@ class Trie:
       diff = sc[1:] != sc[:-1]
       first_diff = np.where(diff.any(1), diff.argmax(1), depth)
       dup = np.nonzero(first_diff == depth)[0]
-      if len(dup):
+      if len(dup) and not shared_codes:
         a, b = tool_ids[order[dup[0]]], tool_ids[order[dup[0] + 1]]
         raise ValueError(f"tools {int(a)} and {int(b)} have the same code sequence {sc[dup[0]].tolist()} "
-                         "(resolve collisions in the codebook)")
-      pre = np.nonzero(first_diff >= slen[:-1])[0]
+                         "(resolve collisions in the codebook, or build with shared_codes=True)")
+      pre = np.nonzero((first_diff >= slen[:-1]) & (first_diff < depth))[0]
       if len(pre):
         a, b = tool_ids[order[pre[0]]], tool_ids[order[pre[0] + 1]]
         raise ValueError(f"the code of tool {int(a)} is a prefix of the code of tool {int(b)}; "
@@ -208,7 +223,7 @@ class Trie:
     indptr[1:] = np.cumsum(counts)
     terminal_sorted = node_id[np.arange(n), slen - 1] if n else np.zeros(0, np.int64)
     node_tool = np.full(num_nodes, -1, np.int32)
-    node_tool[terminal_sorted] = tool_ids[order]
+    node_tool[terminal_sorted] = tool_ids[order]  # a shared leaf's representative is set by _with_live_rows
     terminal = np.empty(n, np.int64)
     terminal[order] = terminal_sorted
     widths = []
@@ -236,21 +251,30 @@ class Trie:
     trie = cls(codes=codes, tool_ids=tool_ids, removed=removed, code_tokens=code_tokens, end_token=end_token,
                num_codes=num_codes, dense_budget_bytes=budget, level_start=np.asarray(level_start, np.int64),
                indptr=indptr.astype(np.int32), edge_code=edge_code.astype(ecode_dtype), node_tool=node_tool,
-               node_parent=node_parent, terminal=terminal, live=live, dense=tuple(dense), level_width=tuple(widths))
+               node_parent=node_parent, terminal=terminal, live=live, dense=tuple(dense), level_width=tuple(widths),
+               shared_codes=shared_codes)
     live_tools = ~np.isin(tool_ids, np.fromiter(removed, np.int64, len(removed)))
-    return trie._with_live_terminals(terminal[live_tools])
+    return trie._with_live_rows(live_tools)
 
-  def _with_live_terminals(self, terminals: np.ndarray) -> "Trie":
-    """Recomputes `live` bottom-up from the live terminal nodes (one bincount per depth)."""
+  def _with_live_rows(self, live_rows: np.ndarray) -> "Trie":
+    """Recomputes `live` bottom-up from the terminal nodes of the live rows (one bincount per depth), and, with
+    shared codes, each shared leaf's representative: its smallest live member (else its smallest member)."""
     live = np.zeros(self.num_nodes, bool)
-    live[terminals] = True
+    live[self.terminal[live_rows]] = True
+    node_tool = self.node_tool
+    if self.shared_codes and len(self.terminal):
+      order = np.lexsort((self.tool_ids, ~live_rows, self.terminal))  # per leaf: live first, then by id
+      first = np.ones(len(order), bool)
+      first[1:] = self.terminal[order][1:] != self.terminal[order][:-1]
+      node_tool = node_tool.copy()
+      node_tool[self.terminal[order][first]] = self.tool_ids[order][first]
     ls = self.level_start
     for d in range(self.depth, 0, -1):
       kids = np.arange(ls[d], ls[d + 1])
       if len(kids):
         hit = np.bincount(self.node_parent[kids], weights=live[kids], minlength=self.num_nodes) > 0
         live |= hit
-    return dataclasses.replace(self, live=live)
+    return dataclasses.replace(self, live=live, node_tool=node_tool)
 
   # --- updates ------------------------------------------------------------------------------------------------
 
@@ -260,7 +284,7 @@ class Trie:
     self._rows_of(tool_ids)  # unknown ids are an error
     removed = self.removed | frozenset(tool_ids.tolist())
     keep = ~np.isin(self.tool_ids, np.fromiter(removed, np.int64, len(removed)))
-    return dataclasses.replace(self, removed=removed)._with_live_terminals(self.terminal[keep])
+    return dataclasses.replace(self, removed=removed)._with_live_rows(keep)
 
   def add(self, codes, tool_ids: Sequence[int]) -> "Trie":
     """Adds tools (new ids, live code sequences of their own): rebuilds the tables from live + new sequences."""
@@ -285,7 +309,8 @@ class Trie:
       raise ValueError(f"codes of length {allc.shape[1]} exceed the {ct.shape[0]} positions of code_tokens")
     return Trie.build(allc, np.concatenate([self.tool_ids[keep], tool_ids]), code_tokens=ct,
                       num_codes=self.num_codes, end_token=self.end_token,
-                      dense_budget_bytes=self.dense_budget_bytes, removed=self.removed)
+                      dense_budget_bytes=self.dense_budget_bytes, removed=self.removed,
+                      shared_codes=self.shared_codes)
 
   # --- queries ------------------------------------------------------------------------------------------------
 
@@ -299,7 +324,37 @@ class Trie:
 
   @property
   def live_tool_ids(self) -> np.ndarray:
-    return np.sort(self.node_tool[(self.node_tool >= 0) & self.live])
+    return np.sort(self.tool_ids[self._live_rows()])
+
+  def _live_rows(self) -> np.ndarray:
+    return ~np.isin(self.tool_ids, np.fromiter(self.removed, np.int64, len(self.removed)))
+
+  def members_of(self, tool_id: int) -> np.ndarray:
+    """Live tool ids sharing `tool_id`'s code sequence (its leaf), increasing; [tool_id] without shared codes."""
+    row = self._rows_of(np.asarray([tool_id], np.int64))[0]
+    same = (self.terminal == self.terminal[row]) & self._live_rows()
+    return np.sort(self.tool_ids[same])
+
+  def expand(self, tool_ids: Sequence[int], scores: Sequence[float] | None = None,
+             allowed=None) -> tuple[list[int], list[float]]:
+    """Ranked hypotheses -> ranked tools: each id (a leaf's representative, -1 = empty slot, skipped) becomes every
+    live member of its leaf in increasing tool id, all at that hypothesis' score; members outside `allowed` (a
+    container of tool ids, e.g. the in-domain pool) are left out; a tool is listed once (first rank kept).
+    Returns (tools, scores) (scores 0.0 when none are given). Without shared codes the ids pass through."""
+    scores = [0.0] * len(tool_ids) if scores is None else list(scores)
+    out, out_s, seen = [], [], set()
+    for tid, sc in zip(tool_ids, scores):
+      tid = int(tid)
+      if tid < 0:
+        continue
+      members = self.members_of(tid).tolist() if self.shared_codes else [tid]
+      for m in members:
+        if m in seen or (allowed is not None and m not in allowed):
+          continue
+        seen.add(m)
+        out.append(m)
+        out_s.append(float(sc))
+    return out, out_s
 
   def _rows_of(self, tool_ids: np.ndarray) -> np.ndarray:
     """Rows of `codes` holding these tool ids (KeyError names the unknown ones)."""
@@ -362,7 +417,8 @@ class Trie:
   def nbytes(self) -> dict:
     """Device bytes of the tables the search reads, and per live tool."""
     arrays = [self.code_tokens, self.indptr, self.edge_code, self.node_tool, self.node_parent, self.live]
-    total = int(sum(a.nbytes for a in arrays) + sum(t.nbytes for t in self.dense if t is not None))
+    members = 2 * 4 * int(self._live_rows().sum())  # member_node + member_tool, int32 per live tool
+    total = int(sum(a.nbytes for a in arrays) + sum(t.nbytes for t in self.dense if t is not None)) + members
     n = max(len(self.live_tool_ids), 1)
     return {"device_bytes": total, "bytes_per_tool": total / n,
             "dense_bytes": int(sum(t.nbytes for t in self.dense if t is not None)),
@@ -371,9 +427,12 @@ class Trie:
   def device(self) -> DeviceTrie:
     kc = self.code_tokens.shape[1]
     dense = tuple(jnp.asarray(t) if t is not None else jnp.zeros((0, kc), jnp.int32) for t in self.dense)
+    rows = self._live_rows()
     return DeviceTrie(code_tokens=jnp.asarray(self.code_tokens), dense=dense, indptr=jnp.asarray(self.indptr),
                       edge_code=jnp.asarray(self.edge_code), node_tool=jnp.asarray(self.node_tool),
                       node_parent=jnp.asarray(self.node_parent), live=jnp.asarray(self.live),
+                      member_node=jnp.asarray(self.terminal[rows].astype(np.int32)),
+                      member_tool=jnp.asarray(self.tool_ids[rows].astype(np.int32)),
                       depth=self.depth, level_start=tuple(int(x) for x in self.level_start),
                       level_dense=tuple(t is not None for t in self.dense), level_width=self.level_width)
 
@@ -455,9 +514,10 @@ def allowed_nodes(trie: DeviceTrie, tool_mask: jax.Array) -> jax.Array:
   trie.
   """
   q, t = tool_mask.shape
-  tool = trie.node_tool
-  ok = (tool >= 0) & (tool < t) & trie.live
-  allowed = jnp.where(ok[None], tool_mask[:, jnp.clip(tool, 0, max(t - 1, 0))], False)
+  tool = trie.member_tool  # every live tool at its terminal node: a shared leaf is allowed if any member is
+  ok = tool < t
+  hit = jnp.where(ok[None], tool_mask[:, jnp.clip(tool, 0, max(t - 1, 0))], False)
+  allowed = jnp.zeros((q, trie.node_tool.shape[0]), bool).at[:, trie.member_node].max(hit)
   ls = trie.level_start
   for d in range(trie.depth, 0, -1):
     kids = slice(ls[d], ls[d + 1])
