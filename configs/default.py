@@ -41,9 +41,11 @@ def get_config(variant: str = ""):
   if variant == "engine":
     c.train.engine = "code"
     c.train.frozen_layers = 30           # every SmolLM2 layer frozen: the cache holds the states at the code positions
-    c.train.code_loss = "level"
+    c.train.code_loss = "trie"           # level 2 decided among the prefix's children, as the trie decodes it
+    c.train.schedule = "mixed"           # documents and queries in one run (DSI), so retrieval does not undo memory
+    c.train.memorization_views = ("name_description", "parameters")  # documents as queries: 2 views per tool
+    c.train.text_weight = 1.0            # code rows kept below words on the prompts' ordinary text (perplexity)
     c.train.batch_size = 32
-    c.train.stage_epochs.memorization = 20.0
-    c.train.stage_epochs.retrieval = 20.0
-    c.decode.normalize = "level"
+    c.train.stage_epochs.mixed = 30.0
+    c.decode.normalize = "trie"
   return base.lock(c)

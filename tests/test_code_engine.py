@@ -218,3 +218,36 @@ def test_run_top_equals_the_full_top_gathered_at_the_code_positions():
     layers = jax.tree.map(lambda a: a[-top:], params["layers"])
     full = jnp.take_along_axis(fc.run_layers(layers, mc, x, mask), pos[..., None], axis=1)
     np.testing.assert_allclose(np.asarray(fc.run_top(layers, mc, x, mask, pos)), np.asarray(full), atol=1e-5)
+
+
+def test_text_term_is_the_full_vocabulary_nll_at_prompt_positions_and_pushes_code_rows_down():
+  """The text term (cached at R prompt positions) equals the exported model's next-token NLL there (llama.forward,
+  full vocabulary including the code rows); training with it lowers that NLL toward the base model's."""
+  mc, params = _model()
+  ex = _examples(12, seq_len=16)
+  part = opt.Partition(new_token_start=START, frozen_layers=3, code_head=True)
+  cache = fc.build(params, mc, ex, frozen_layers=3, batch_size=8, text_positions=3, new_token_start=START)
+  tpos, ttgt, tvalid = fc.sample_text_positions(ex.code_pos, ex.tokens, 3)
+  assert (tpos[tvalid] < np.repeat(ex.code_pos[:, :1], 3, 1)[tvalid]).all()  # every target is a prompt token
+  trainable = opt.split(params, mc, part)
+  trainable["code_head"] = trainable["code_head"] + 0.5  # code rows that steal mass from words
+
+  def reference(t):
+    new, new_cfg = opt.export(params, t, mc, part)
+    logits, _ = llama.forward(new, new_cfg, jnp.asarray(ex.tokens), attention_mask=jnp.asarray(ex.attention_mask))
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
+    at = np.take_along_axis(np.asarray(logp), tpos[..., None].repeat(logp.shape[-1], -1), axis=1)  # [N, R, V]
+    nll = -np.take_along_axis(at, ttgt[..., None], axis=-1)[..., 0]
+    return float(nll[tvalid].mean())
+
+  batch = {k: jnp.asarray(v) for k, v in cache.batch(np.arange(12)).items()}
+  engine = float(ce.text_nll(trainable, params, mc, part, batch))
+  assert engine == pytest.approx(reference(trainable), abs=1e-4)
+  base = float(jnp.mean(batch["text_lse"] - batch["text_logit"], where=batch["text_valid"]))
+  cfg = ce.EngineConfig(epochs=10, batch_size=6, lr_rows=3e-2, warmup_fraction=0.0, text_weight=1.0)
+  trained, hist = ce.fit(cache, params, mc, part, TABLE, cfg=cfg, trainable=trainable, log_every=5)
+  after = reference(trained)
+  assert after < engine - 0.05 and after >= base - 1e-4, (engine, after, base)
+  assert "text_nll" in hist[-1]
+  with pytest.raises(ValueError, match="text_positions"):
+    ce.fit(fc.build(params, mc, ex, frozen_layers=3, batch_size=8), params, mc, part, TABLE, cfg=cfg)

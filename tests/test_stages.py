@@ -312,3 +312,45 @@ def test_code_engine_stage_trains_code_rows_only_and_resumes(tmp_path):
   assert (tmp_path / "checkpoints" / "memorization" / "engine.npz").exists()
   params2, _, _, _ = stages.run_stages(c, **kw)  # a re-run loads the trained parts
   np.testing.assert_array_equal(np.asarray(params2["lm_head"]["kernel"]), head)
+
+
+def test_mixed_schedule_trains_views_and_queries_in_one_engine_run(tmp_path):
+  """train.schedule='mixed': the memorisation views (documents as queries) and the training queries form one code
+  engine run named 'mixed'; with the whole backbone frozen the text term is on; the recipe engine refuses it."""
+  import types
+
+  from toolgen_jax.models.vocab import Model
+  n_tools = 8
+  codes = toy_codebook(n_tools, LEVELS, SIZE)
+
+  class Codes(ToyCodes):
+    token_ids = np.array([[TOK.added[f"<T{l}_{c}>"] for c in range(SIZE)] for l in range(LEVELS)])
+
+  codes = Codes(codes)
+  corpus = data.ToolCorpus([data.Tool(id=i, tool_name=f"tool{i}", api_name=f"api{i}",
+                                      description=f"Does thing {i}. Then does more.",
+                                      parameters={"type": "object", "properties": {"x": {"type": "string"}}})
+                            for i in range(n_tools)])
+  queries = [Query(id=f"q{i}", text=f"please do thing {i}", relevant=(i,), split="train") for i in range(4)]
+  queries.append(Query(id="qt", text="a test question", relevant=(5,), split="test"))
+  dset = types.SimpleNamespace(corpus=corpus, queries=queries, trajectories=[])
+  mc = llama.LlamaConfig.tiny(vocab_size=TOK.vocab_size, tie_embeddings=True)
+  c = config_lib.base_config()
+  c.train.stages, c.train.engine, c.train.frozen_layers = ("memorization", "retrieval"), "code", mc.num_layers
+  c.train.schedule, c.train.memorization_views = "mixed", ("name_description", "parameters")
+  c.train.text_weight, c.train.text_positions = 1.0, 2
+  c.train.batch_size, c.train.seq_len, c.train.log_every, c.train.lr_rows = 4, 96, 5, 1e-2
+  c.train.stage_epochs.mixed = 4.0
+  p0 = llama.init_params(mc, jax.random.PRNGKey(0))
+  kw = dict(model=Model(config=mc, params=p0, tokenizer=TOK, new_token_start=256 + 2), dataset=dset,
+            codebook=types.SimpleNamespace(finish_id=None), codes=lambda codebook, tok: codes,
+            workdir=str(tmp_path), log=lambda s: None)
+  docs = stages.memorization_documents(corpus, views=c.train.memorization_views)
+  assert len(docs) == 2 * n_tools and len({d[2] for d in docs}) == len(docs)  # two distinct views per tool
+  _, _, _, res = stages.run_stages(c, **kw)
+  assert list(res) == ["mixed"] and res["mixed"].examples == 2 * n_tools + 4  # test queries never train
+  assert "text_nll" in res["mixed"].fit[-1]
+  assert (tmp_path / "feature_cache" / "mixed" / "text_states.npy").exists()
+  c.train.engine = "recipe"
+  with pytest.raises(ValueError, match="mixed"):
+    stages.run_stages(c, **kw)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from toolgen_jax.data import documents as docs_lib
 from toolgen_jax.data.records import Query
 from toolgen_jax.evaluation.harness import select_split
+from toolgen_jax.training.stages import memorization_documents
 
 PROBE_SPLITS = ("train", "memorisation")
 
@@ -28,9 +28,13 @@ def memorization_queries(config: Any, dataset: Any, test: list[Query]) -> list[Q
   tools = sorted({t for q in test if q.split != "train" for t in q.relevant}) or list(range(len(dataset.corpus)))
   pick = sorted(np.random.default_rng(int(config.seed)).permutation(tools)[:n].tolist())
   max_chars = int(config.train.memorization_max_chars or config.data.doc_max_chars)
-  return [Query(id=f"memorisation/{t}", text=docs_lib.tool_document(dataset.corpus[t], config.data.doc_template,
-                                                                     max_chars),
-                relevant=(int(t),), group="documents", split="memorisation") for t in pick]
+  first: dict[int, str] = {}  # each tool's first memorisation document (its first view when training on views)
+  for tid, _, text in memorization_documents(dataset.corpus, template=config.data.doc_template, max_chars=max_chars,
+                                             views=tuple(config.train.get("memorization_views", ())),
+                                             tool_ids=pick):
+    first.setdefault(tid, text)
+  return [Query(id=f"memorisation/{t}", text=first[t], relevant=(int(t),), group="documents",
+                split="memorisation") for t in pick if t in first]
 
 
 def evaluation_queries(config: Any, dataset: Any) -> list[Query]:

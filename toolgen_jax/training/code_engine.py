@@ -34,10 +34,12 @@ from toolgen_jax.training import optimizer as opt_lib
 class EngineConfig:
   """Knobs of one engine run (the stage schedule is the caller's).
 
-  loss: code_loss.MODES ('level' | 'trie' | 'full'); lr_rows / lr_layers: peak learning rates of the added rows and
-  of the top layers + final norm; epochs over the cached examples; batch_size rows per step.
+  loss: code_loss.MODES ('level' | 'trie' | 'full'); text_weight: weight of the text term (`text_nll`; needs a
+  cache built with text positions); lr_rows / lr_layers: peak learning rates of the added rows and of the top
+  layers + final norm; epochs over the cached examples; batch_size rows per step.
   """
   loss: str = "level"
+  text_weight: float = 0.0
   lr_rows: float = 2e-3
   lr_layers: float = 1e-4
   epochs: float = 8.0
@@ -87,25 +89,47 @@ def code_logits(h: jax.Array, trainable, params, config: llama.LlamaConfig, part
   return jnp.einsum("bld,vd->blv", h, rows.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
+def text_nll(trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition, batch) -> jax.Array:
+  """The text term: mean next-token NLL at ordinary prompt positions under the full vocabulary, where only the added
+  rows can move — -log p(y) = logaddexp(lse_pretrained, logsumexp_k <h, w_k>) - <h, w_y> over the added rows w_k
+  (`feature_cache.text_stats` holds h, lse_pretrained and the target's logit). A code loss normalised over codes
+  only never says that codes are wrong on English; this term is the one that does, so a tuned model keeps the base
+  model's perplexity (issue #15). Its minimum is the base model's NLL (added rows scoring -inf)."""
+  start = part.new_token_start
+  rows = opt_lib.output_rows(params, trainable, config, part, jnp.arange(start, config.vocab_size))
+  h = jnp.asarray(batch["text_states"], jnp.float32)
+  added = jax.nn.logsumexp(jnp.einsum("brd,vd->brv", h, rows.astype(h.dtype)), axis=-1)
+  nll = jnp.logaddexp(batch["text_lse"], added) - batch["text_logit"]
+  valid = jnp.asarray(batch["text_valid"], jnp.float32)
+  return jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
 def loss_fn(trainable, params, batch, *, config: llama.LlamaConfig, part: opt_lib.Partition, token_table,
-            mode: str, cached: bool) -> tuple[jax.Array, dict]:
-  """Mean code NLL of a batch and its metrics (batch may carry 'allowed' [B, L, K] for mode 'trie')."""
+            mode: str, cached: bool, text_weight: float = 0.0) -> tuple[jax.Array, dict]:
+  """Mean code NLL of a batch (+ text_weight * `text_nll`) and its metrics (batch may carry 'allowed' [B, L, K] for
+  mode 'trie', and the text arrays of `FeatureCache.batch`)."""
   h = code_hidden(trainable, params, config, part, batch, cached=cached)
   logits = code_logits(h, trainable, params, config, part, token_table, mode)
   total, aux = code_loss.code_loss_sums(logits, batch["codes"], mode=mode, allowed=batch.get("allowed"),
                                         token_table=token_table)
   n = jnp.maximum(aux["codes"], 1.0)
-  return total / n, {"accuracy": aux["correct"] / n, "codes": aux["codes"]}
+  loss, metrics = total / n, {"accuracy": aux["correct"] / n, "codes": aux["codes"]}
+  if text_weight:
+    text = text_nll(trainable, params, config, part, batch)
+    loss = loss + text_weight * text
+    metrics["text_nll"] = text
+  return loss, metrics
 
 
 def make_step(config: llama.LlamaConfig, part: opt_lib.Partition, tx: optax.GradientTransformation, *,
-              mode: str = "level", cached: bool = True) -> Callable:
+              mode: str = "level", cached: bool = True, text_weight: float = 0.0) -> Callable:
   """jitted step(trainable, opt_state, params, token_table, batch) -> (trainable, opt_state, metrics)."""
 
   @jax.jit
   def step(trainable, opt_state, params, token_table, batch):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable, params, batch, config=config, part=part, token_table=token_table, mode=mode, cached=cached)
+        trainable, params, batch, config=config, part=part, token_table=token_table, mode=mode, cached=cached,
+        text_weight=text_weight)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -142,13 +166,17 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
                      "Partition(input_rows=False, code_head=True) (untied code rows)")
   if cfg.loss == "trie" and allowed is None:
     raise ValueError("cfg.loss='trie' needs allowed (code_loss.trie_children_mask)")
+  if cfg.text_weight and cache.text is None:
+    raise ValueError("cfg.text_weight > 0 needs a cache built with text_positions > 0")
+  if cfg.text_weight and part.final_norm:
+    raise ValueError("the text term's cached statistics assume a frozen final norm: Partition(final_norm=False)")
   trainable = opt_lib.split(params, config, part) if trainable is None else trainable
   steps = steps_for(len(cache), cfg)
   tx, schedules = opt_lib.make_group_optimizer(
       trainable, {"rows": cfg.lr_rows, "layers": cfg.lr_layers}, steps, warmup_fraction=cfg.warmup_fraction,
       weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
   opt_state = tx.init(trainable)
-  step = make_step(config, part, tx, mode=cfg.loss, cached=True)
+  step = make_step(config, part, tx, mode=cfg.loss, cached=True, text_weight=float(cfg.text_weight))
   table = jnp.asarray(token_table)
   order = batch_order(len(cache), cfg.batch_size, steps, cfg.seed)
   history, t0 = [], time.perf_counter()
@@ -162,7 +190,8 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
              "seconds": time.perf_counter() - t0}
       history.append(row)
       if log:
-        log(f"code engine step {s + 1}/{steps}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}")
+        text = f" text nll {row['text_nll']:.3f}" if "text_nll" in row else ""
+        log(f"code engine step {s + 1}/{steps}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}{text}")
   return trainable, history
 
 

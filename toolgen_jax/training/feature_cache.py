@@ -147,6 +147,43 @@ def frozen_states(params, config: llama.LlamaConfig, tokens: jax.Array, attentio
   return x
 
 
+# ---- ordinary text positions (the text term of the code engine) -----------------------------------------------
+
+TEXT_FIELDS = ("text_states", "text_lse", "text_logit", "text_valid")
+
+
+def sample_text_positions(code_pos: np.ndarray, tokens: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+  """(positions [N, R], next-token targets [N, R], valid [N, R]): R prompt positions per example, seeded per row,
+  each predicting a prompt token (p < code_pos[n, 0], so the target is never a code)."""
+  n = len(code_pos)
+  pos = np.zeros((n, count), np.int32)
+  valid = np.zeros((n, count), bool)
+  for i in range(n):
+    last = int(code_pos[i, 0])  # positions 0 .. last-1 predict tokens 1 .. last (all prompt)
+    if last <= 0:
+      continue
+    rng = np.random.default_rng([seed, i])
+    pick = np.sort(rng.choice(last, size=min(count, last), replace=False))
+    pos[i, :len(pick)] = pick
+    valid[i, :len(pick)] = True
+  tgt = np.take_along_axis(tokens, np.minimum(pos + 1, tokens.shape[1] - 1), axis=1)
+  return pos, np.where(valid, tgt, 0).astype(np.int32), valid
+
+
+@functools.partial(jax.jit, static_argnames=("config", "start"))
+def text_stats(params, config: llama.LlamaConfig, x: jax.Array, targets: jax.Array, *, start: int):
+  """At frozen final states x [B, R, D] (before the final norm): (h = RMSNorm(x), logsumexp over the pretrained
+  rows [:start], the target token's logit) — constants while the layers, the final norm and those rows are frozen."""
+  h = llama.rms_norm(x, params["final_norm"]["scale"], config.rms_norm_eps)
+  if config.tie_embeddings:
+    rows = params["embed"]["embedding"][:start]
+  else:
+    rows = params["lm_head"]["kernel"][:, :start].T
+  logits = jnp.einsum("brd,vd->brv", h, rows.astype(h.dtype), preferred_element_type=jnp.float32)
+  tgt = jnp.take_along_axis(logits, jnp.minimum(targets, start - 1)[..., None], axis=-1)[..., 0]
+  return h.astype(jnp.float32), jax.nn.logsumexp(logits, axis=-1), tgt
+
+
 # ---- the cache on disk -----------------------------------------------------------------------------------------
 
 def cache_nbytes(num_examples: int, seq_len: int, hidden: int, num_levels: int, *, top_layers: bool,
@@ -170,6 +207,7 @@ class FeatureCache:
   codes: np.ndarray
   seconds: float = 0.0  # wall time of the pass that built it, compilation included (0 when loaded)
   compile_seconds: float = 0.0  # of which compiling the (at most 3) padded widths
+  text: dict | None = None  # `text_positions` > 0: TEXT_FIELDS arrays [N, R(, D)] of R prompt positions
 
   def __len__(self) -> int:
     return len(self.states)
@@ -177,8 +215,11 @@ class FeatureCache:
   def batch(self, idx: np.ndarray) -> dict:
     """Host batch of examples idx [B] for the engine's step."""
     idx = np.sort(np.asarray(idx))  # sorted reads from the memory map
-    return {"states": np.asarray(self.states[idx], np.float32), "attention_mask": self.attention_mask[idx],
-            "code_pos": self.code_pos[idx], "codes": self.codes[idx]}
+    out = {"states": np.asarray(self.states[idx], np.float32), "attention_mask": self.attention_mask[idx],
+           "code_pos": self.code_pos[idx], "codes": self.codes[idx]}
+    if self.text is not None:
+      out.update({k: np.asarray(v[idx]) for k, v in self.text.items()})
+    return out
 
 
 def fingerprint(params, config: llama.LlamaConfig, examples: CodeExamples, frozen_layers: int, dtype: str) -> str:
@@ -197,11 +238,13 @@ def fingerprint(params, config: llama.LlamaConfig, examples: CodeExamples, froze
 
 def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_layers: int,
           directory: str | pathlib.Path | None = None, batch_size: int = 32, dtype: str = "float32",
-          log=None) -> FeatureCache:
+          text_positions: int = 0, new_token_start: int | None = None, log=None) -> FeatureCache:
   """Runs the frozen bottom once over `examples` and stores x_n (see the module docstring).
 
   directory: the workdir folder to write (e.g. WORKDIR/feature_cache/memorization); None keeps it in memory. A
   complete cache with the same fingerprint there is loaded instead of recomputed (a resumed run pays nothing).
+  text_positions = R > 0 (whole frozen backbone only): also R ordinary prompt positions per example with what the
+  text term needs (`text_stats` over the pretrained rows [:new_token_start]), stored as `FeatureCache.text`.
   """
   import time
 
@@ -213,21 +256,41 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   at_codes = kind == "code_positions"
   n, T = examples.tokens.shape
   L = examples.codes.shape[1]
+  R = int(text_positions)
+  if R and not at_codes:
+    raise ValueError("text_positions needs the whole backbone frozen (frozen_layers = num_layers): with trainable "
+                     "layers the text states change every step")
+  if R and new_token_start is None:
+    raise ValueError("text_positions needs new_token_start (the pretrained rows the text term is scored over)")
   shape = (n, L if at_codes else T, config.hidden_size)
   key = fingerprint(params, config, examples, frozen_layers, dtype)
-  meta = {"kind": kind, "frozen_layers": frozen_layers, "shape": list(shape), "dtype": dtype, "fingerprint": key}
+  meta = {"kind": kind, "frozen_layers": frozen_layers, "shape": list(shape), "dtype": dtype, "fingerprint": key,
+          "text_positions": R, "new_token_start": new_token_start if R else None}
+  if R:
+    tpos, ttgt, tvalid = sample_text_positions(examples.code_pos, examples.tokens, R)
+    text_shapes = {"text_states": ((n, R, config.hidden_size), np.float32), "text_lse": ((n, R), np.float32),
+                   "text_logit": ((n, R), np.float32), "text_valid": ((n, R), np.bool_)}
   d = None if directory is None else pathlib.Path(directory)
   if d is not None and (d / "meta.json").exists():
     old = json.loads((d / "meta.json").read_text())
     if old.get("complete") and {k: old.get(k) for k in meta} == meta:
+      text = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in TEXT_FIELDS} if R else None
       return FeatureCache(kind, frozen_layers, np.load(d / "states.npy", mmap_mode="r"),
-                          examples.attention_mask, examples.code_pos, examples.codes)
+                          examples.attention_mask, examples.code_pos, examples.codes, text=text)
+  text = None
   if d is not None:
     d.mkdir(parents=True, exist_ok=True)
     (d / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     states = np.lib.format.open_memmap(d / "states.npy", mode="w+", dtype=dtype, shape=shape)
+    if R:
+      text = {f: np.lib.format.open_memmap(d / f"{f}.npy", mode="w+", dtype=dt, shape=sh)
+              for f, (sh, dt) in text_shapes.items()}
   else:
     states = np.zeros(shape, dtype)
+    if R:
+      text = {f: np.zeros(sh, dt) for f, (sh, dt) in text_shapes.items()}
+  if R:
+    text["text_valid"][:] = tvalid
   t0 = time.perf_counter()
   compiled, compile_seconds = {}, 0.0
   # Batches of similar length share a padded width (T/4, T/2 or T), so short documents are not run at T; the
@@ -240,14 +303,22 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
     width = next(w for w in widths if w >= lengths[idx].max())  # right padding: later positions never matter
     pad = batch_size - len(idx)  # keep one compiled shape per width
     take = np.concatenate([idx, np.repeat(idx[:1], pad)])
+    pos = examples.code_pos[take]
+    if R:  # the text positions ride along with the code positions through the same gather
+      pos = np.concatenate([pos, tpos[take]], axis=1)
     args = (jnp.asarray(examples.tokens[take, :width]), jnp.asarray(examples.attention_mask[take, :width]),
-            jnp.asarray(examples.code_pos[take]))
+            jnp.asarray(pos))
     if width not in compiled:  # compiled ahead, so the cost per example and the one-time cost are told apart
       tc = time.perf_counter()
       compiled[width] = frozen_states.lower(params, config, *args, frozen_layers=frozen_layers,
                                             at_codes=at_codes).compile()
       compile_seconds += time.perf_counter() - tc
     x = compiled[width](params, *args)
+    if R:
+      h, lse, tgt = text_stats(params, config, x[:, L:], jnp.asarray(ttgt[take]), start=int(new_token_start))
+      for f, v in (("text_states", h), ("text_lse", lse), ("text_logit", tgt)):
+        text[f][idx] = np.asarray(v[:len(idx)])
+      x = x[:, :L]
     x = np.asarray(x[:len(idx)], np.float32).astype(dtype)
     if at_codes:
       states[idx] = x
@@ -258,6 +329,8 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   seconds = time.perf_counter() - t0
   if d is not None:
     states.flush()
+    for a in (text or {}).values():
+      a.flush()
     (d / "meta.json").write_text(json.dumps({**meta, "complete": True, "seconds": round(seconds, 2)}))
   return FeatureCache(kind, frozen_layers, states, examples.attention_mask, examples.code_pos, examples.codes,
-                      seconds=seconds, compile_seconds=compile_seconds)
+                      seconds=seconds, compile_seconds=compile_seconds, text=text)

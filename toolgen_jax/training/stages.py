@@ -32,6 +32,8 @@ STAGES = ("memorization", "retrieval", "trajectory")
 MULTI_TARGET = ("separate", "joint")
 ENGINES = ("recipe", "code")  # config.train.engine (config.py says what each is)
 CODE_ENGINE_STAGES = ("memorization", "retrieval")  # code targets only; agent tuning's free text needs the recipe
+SCHEDULES = ("sequential", "mixed")  # config.train.schedule
+MIXED = "mixed"  # the stage name of a mixed schedule's one run (checkpoints, stage_epochs, the report)
 
 
 class CodeText(Protocol):
@@ -42,16 +44,38 @@ class CodeText(Protocol):
 
 # ---- stages ----------------------------------------------------------------------------------------------------
 
+def memorization_documents(corpus: ToolCorpus, *, template: str = docs_lib.DEFAULT_TEMPLATE,
+                           max_chars: int = docs_lib.DEFAULT_MAX_CHARS, views: Sequence[str] = (),
+                           tool_ids: Sequence[int] | None = None) -> list[tuple[int, str, str]]:
+  """(tool row, name, text) of every memorisation document: one cut document per tool (ToolGen), or with `views`
+  each tool's distinct views of those kinds (`data.views`, documents as queries; view texts keep their own limit)."""
+  ids = range(len(corpus)) if tool_ids is None else tool_ids
+  if not views:
+    return [(tid, str(tid), docs_lib.tool_document(corpus[tid], template, max_chars)) for tid in ids]
+  from toolgen_jax.data import views as views_lib
+  unknown = sorted(set(views) - set(views_lib.KINDS))
+  if unknown:
+    raise ValueError(f"config.train.memorization_views: unknown view kinds {unknown}; known: {views_lib.KINDS}")
+  wanted = set(ids)
+  allv, _ = views_lib.corpus_views(corpus)
+  out, n = [], {}
+  for v in allv:
+    if v.tool_id in wanted and v.kind in views:
+      n[v.tool_id] = n.get(v.tool_id, 0) + 1
+      out.append((v.tool_id, f"{v.tool_id}/{v.kind}{n[v.tool_id]}", v.text))
+  return out
+
+
 def memorization_examples(corpus: ToolCorpus, codes: CodeText, tokenizer: Any, *,
                           template: str = docs_lib.DEFAULT_TEMPLATE, max_chars: int = docs_lib.DEFAULT_MAX_CHARS,
-                          tool_ids: Sequence[int] | None = None, system_prompt: str | None = None) -> list[Example]:
-  """One example per tool: document -> code tokens (ToolGen 'tool memorization')."""
-  ids = range(len(corpus)) if tool_ids is None else tool_ids
+                          tool_ids: Sequence[int] | None = None, system_prompt: str | None = None,
+                          views: Sequence[str] = ()) -> list[Example]:
+  """Document -> code tokens (ToolGen 'tool memorization'): one example per `memorization_documents` entry."""
   out = []
-  for tid in ids:
-    doc = docs_lib.tool_document(corpus[tid], template, max_chars)
+  for tid, name, doc in memorization_documents(corpus, template=template, max_chars=max_chars, views=views,
+                                               tool_ids=tool_ids):
     turns = prompts.retrieval_turns(doc, codes.tool_text(tid), system_prompt)
-    out.append(prompts.render_chat(tokenizer, turns, f"memorization/{tid}"))
+    out.append(prompts.render_chat(tokenizer, turns, f"memorization/{name}"))
   return out
 
 
@@ -133,7 +157,8 @@ def stage_examples(stage: str, *, corpus: ToolCorpus, queries: Sequence[Query] =
                                                                             docs_lib.DEFAULT_TEMPLATE),
                                  max_chars=int(tc.get("memorization_max_chars", 0) or
                                                dc.get("doc_max_chars", docs_lib.DEFAULT_MAX_CHARS)),
-                                 system_prompt=tc.get("system_prompt"))
+                                 system_prompt=tc.get("system_prompt"),
+                                 views=tuple(tc.get("memorization_views", ())))
   if stage == "retrieval":
     return retrieval_examples(queries, codes, tokenizer, multi_target=tc.get("multi_target", "separate"),
                               system_prompt=tc.get("system_prompt"))
@@ -212,8 +237,11 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
     history = json.loads((out / "engine_history.json").read_text())
     log(f"[train:{name}] code engine: trained parts loaded from {saved}")
   else:
+    text_weight = float(tc.get("text_weight", 0.0))
     cache = fc.build(params, model.config, cex, frozen_layers=part.frozen_layers,
-                     directory=pathlib.Path(workdir) / "feature_cache" / name, log=log)
+                     directory=pathlib.Path(workdir) / "feature_cache" / name,
+                     text_positions=int(tc.get("text_positions", 0)) if text_weight else 0,
+                     new_token_start=model.new_token_start, log=log)
     log(f"[train:{name}] feature cache: {len(cache)} examples, layer {part.frozen_layers} states "
         f"({cex.truncated} prompts cut at seq_len {tc.seq_len})")
     if prototype:
@@ -222,7 +250,7 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
     if tc.code_loss == "trie":
       allowed = code_loss.trie_children_mask(codebook.codes[codebook.active], cex.codes, table.shape[1])
     ecfg = code_engine.EngineConfig(
-        loss=tc.code_loss, lr_rows=float(tc.lr_rows), lr_layers=float(tc.lr_layers),
+        loss=tc.code_loss, text_weight=text_weight, lr_rows=float(tc.lr_rows), lr_layers=float(tc.lr_layers),
         epochs=steps * int(tc.batch_size) / max(len(cex), 1), batch_size=int(tc.batch_size),
         warmup_fraction=float(tc.warmup_fraction), weight_decay=float(tc.weight_decay),
         grad_clip=float(tc.grad_clip), seed=int(config.seed))
@@ -292,15 +320,19 @@ def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, A
     if stage == "retrieval" and not train_q:
       raise ValueError(f"stage 'retrieval': the dataset has no queries in split {TRAIN_SPLIT!r}")
     vocab = codes(codebook, model.tokenizer)
-    examples = stage_examples(stage, corpus=dataset.corpus, queries=train_q, trajectories=train_t,
-                              codes=vocab, tokenizer=model.tokenizer,
-                              train_config=tc, data_config=config.data, finish_id=codebook.finish_id)
+    examples = []
+    for part_stage in (tuple(tc.stages) if stage == MIXED else (stage,)):  # mixed: every stage's examples, one run
+      examples += stage_examples(part_stage, corpus=dataset.corpus, queries=train_q, trajectories=train_t,
+                                 codes=vocab, tokenizer=model.tokenizer,
+                                 train_config=tc, data_config=config.data, finish_id=codebook.finish_id)
     steps = stage_steps(config, name, len(examples))
     log(f"[train:{name}] {len(examples)} examples, {steps} steps of {tc.batch_size} "
         f"({steps * int(tc.batch_size) / max(len(examples), 1):.2f} epochs)")
-    if engine == "code" and stage in CODE_ENGINE_STAGES:
+    if engine == "code" and (stage in CODE_ENGINE_STAGES or stage == MIXED):
+      first = bool(tc.get("prototype_init", True)) and (stage == MIXED or (stage == first_code_stage and
+                                                                          name == stage))
       params, mcfg, history = fit_code_stage(config, name, params, codebook, model, vocab, examples, steps, workdir,
-                                             prototype=stage == first_code_stage and name == stage, log=log)
+                                             prototype=first, log=log)
       model = dataclasses.replace(model, config=mcfg, params=untie_like(model.params, model.config, mcfg))
       if history:
         log(f"[train:{name}] code loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}, "
@@ -319,7 +351,15 @@ def run_stages(config: Any, *, model: Any, dataset: Any, codes: Callable[[Any, A
     return res.state.params, model
 
   params = model.params
-  for stage in tc.stages:
+  schedule = tc.get("schedule", "sequential")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.train.schedule must be one of {SCHEDULES}, got {schedule!r}")
+  if schedule == MIXED:
+    if engine != "code" or any(s not in CODE_ENGINE_STAGES for s in tc.stages):
+      raise ValueError(f"train.schedule='mixed' trains {CODE_ENGINE_STAGES} together on train.engine='code'; "
+                       f"got engine {engine!r}, stages {tuple(tc.stages)}")
+    params, model = fit_stage(MIXED, MIXED, params, codebook, model)
+  for stage in (() if schedule == MIXED else tc.stages):
     params, model = fit_stage(stage, stage, params, codebook, model)
   rounds = int(tc.get("refine_rounds", 0))
   if rounds:
