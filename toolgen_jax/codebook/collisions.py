@@ -16,6 +16,11 @@ in its `CollisionReport` (counts and rates before and after):
             each leaf to exactly one tool.
   (ToolGen's atomic ids, one token per tool, never collide; its config reports 0.)
 
+Shared codes downstream: a member's training target is the shared code text (`code_vocab.CodeVocabulary.tool_text`),
+so memorisation teaches every member's document the same code, and each Query-Tool pair stays one retrieval example
+(a query whose relevant tools share a code has that target once per tool, as the pairs are, not deduplicated).
+Retrieval ranks a shared leaf's members at the leaf's beam score, in increasing tool id (`decoding/trie.py`).
+
 Resolution (`resolve`), never dropping or merging tools:
   1. Sinkhorn re-assignment of the last level (ToolWeaver's approach): in each colliding group the member nearest
      to the shared code keeps it (fewest codes change); the others are spread over the last-level codes still
