@@ -82,6 +82,25 @@ def test_generative_prompt_is_the_training_prompt(system_prompt):
     assert "SmolLM" not in prompt and f"system\n{system_prompt}<|im_end|>" in prompt
 
 
+def test_one_truncation_rule_for_training_and_inference():
+  """A document longer than the budget: the code engine's cached prompt is token for token the inference prompt
+  under the same budget (header and text start kept, the text's tail cut, the generation prompt kept)."""
+  from toolgen_jax.models import tokenizer as tok_lib
+  from toolgen_jax.training import feature_cache as fc
+  tok = tok_lib.load_tokenizer("smollm2")
+  text = "convert_units: Convert a quantity between units of length, mass and time. " * 6
+  seq_len = 40
+  v = len(tok)  # two ids no prompt contains serve as the two code levels
+  table = np.array([[v - 2], [v - 1]])
+  ids = np.asarray(prompts.retrieval_prompt_ids(tok, text, system_prompt="") + [v - 2, v - 1])  # untruncated
+  keep = prompts.prompt_suffix_tokens(tok, "")
+  cex = fc.code_examples([ids], table, seq_len, keep_tail=keep)
+  want = prompts.retrieval_prompt_ids(tok, text, max_prompt_tokens=seq_len - 1, system_prompt="")
+  n = int(cex.code_pos[0, 0]) + 1
+  assert cex.truncated == 1 and len(want) == seq_len - 1 and cex.tokens[0, :n].tolist() == want
+  assert tok.decode(want[-keep:]).endswith("assistant\n") and "convert_units" in tok.decode(want)
+
+
 def _weather_trajectory(tid: str, *later: Message):
   """One weather tool (row 0) and a toy codebook whose row 1 is Finish; a trajectory that calls it, then `later`."""
   corpus = data.ToolCorpus([data.Tool(id=0, tool_name="weather", api_name="today", description="d")])

@@ -119,15 +119,22 @@ def retrieval_turns(text: str, code_text: str | None = None, system_prompt: str 
   return turns
 
 
-HEAD_TOKENS = 8  # inference truncation keeps this many leading tokens (the chat header) of a long prompt
+def prompt_suffix_tokens(tokenizer: Any, system_prompt: str | None = None) -> int:
+  """How many tokens a retrieval prompt has after the user's text (the template's end of turn and generation prompt,
+  e.g. `<|im_end|>\n<|im_start|>assistant\n`): what truncation must keep so the model still sees where codes start."""
+  marker = "\x00"
+  text = chat_text(tokenizer, retrieval_turns(marker, system_prompt=system_prompt), True)
+  return len(encode_text(tokenizer, text.split(marker, 1)[1]))
 
 
-def truncate_prompt(ids: Sequence[int], max_prompt_tokens: int) -> list[int]:
-  """A prompt longer than `max_prompt_tokens` keeps its first `HEAD_TOKENS` (the template's header) and its tail
-  (the end of the text and the generation prompt), so the model still sees where the codes start."""
+def truncate_prompt(ids: Sequence[int], max_prompt_tokens: int, keep_tail: int) -> list[int]:
+  """The one truncation rule of training and inference: a prompt longer than `max_prompt_tokens` loses the tail of
+  its user text — the chat header and the start of the text (a document's name and description) stay, and so do
+  the last `keep_tail` tokens (`prompt_suffix_tokens`: the generation prompt the codes follow)."""
   ids = list(ids)
   if max_prompt_tokens and len(ids) > max_prompt_tokens:
-    ids = ids[:HEAD_TOKENS] + ids[-(max_prompt_tokens - HEAD_TOKENS):]
+    keep_tail = min(int(keep_tail), max_prompt_tokens - 1)
+    ids = ids[:max_prompt_tokens - keep_tail] + (ids[-keep_tail:] if keep_tail else [])
   return ids
 
 
@@ -136,7 +143,9 @@ def retrieval_prompt_ids(tokenizer: Any, text: str, max_prompt_tokens: int = 0,
   """Token ids of the retrieval prompt for `text`: exactly the non-target prefix `retrieval_turns` renders for
   training, then `truncate_prompt`."""
   ids = encode_text(tokenizer, chat_text(tokenizer, retrieval_turns(text, system_prompt=system_prompt), True))
-  return truncate_prompt(ids, max_prompt_tokens)
+  if max_prompt_tokens and len(ids) > max_prompt_tokens:
+    ids = truncate_prompt(ids, max_prompt_tokens, prompt_suffix_tokens(tokenizer, system_prompt))
+  return ids
 
 
 # ---- the agent format ----------------------------------------------------------------------------------------

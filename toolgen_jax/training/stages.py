@@ -225,7 +225,8 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
   tc = config.train
   table = np.asarray(vocab.token_ids)
   encoded = [ip.encode_example(model.tokenizer, ex)[0] for ex in examples]
-  cex = fc.code_examples(encoded, table, int(tc.seq_len), pad_id=model.tokenizer.pad_id or 0)
+  cex = fc.code_examples(encoded, table, int(tc.seq_len), pad_id=model.tokenizer.pad_id or 0,
+                         keep_tail=prompts.prompt_suffix_tokens(model.tokenizer, tc.get("system_prompt")))
   part = opt_lib.Partition(new_token_start=model.new_token_start, frozen_layers=int(tc.frozen_layers))
   trainable = opt_lib.split(params, model.config, part)
   out = pathlib.Path(workdir) / "checkpoints" / name
