@@ -56,13 +56,14 @@ def _final_norm(params, trainable, config):
 
 
 def code_hidden(trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition, batch: Mapping[str, Any], *,
-                cached: bool) -> jax.Array:
-  """h [B, L, D]: final-normed hidden states at the code-predicting positions.
+                cached: bool, positions: jax.Array | None = None) -> jax.Array:
+  """h [B, L, D]: final-normed hidden states at the code-predicting positions (or at `positions` [B, P]).
 
   cached=True: batch has 'states' (a `FeatureCache.batch`), 'attention_mask', 'code_pos'; cached=False: 'tokens',
   'attention_mask', 'code_pos' (a `CodeExamples` slice), through the full model.
   """
-  pos = jnp.maximum(batch["code_pos"], 0)[..., None]
+  want = batch["code_pos"] if positions is None else positions
+  pos = jnp.maximum(want, 0)[..., None]
   if not cached:
     full = opt_lib.merge(params, trainable, config, part)
     x, _ = llama.hidden_states(full, config, batch["tokens"], attention_mask=batch["attention_mask"],
@@ -70,7 +71,9 @@ def code_hidden(trainable, params, config: llama.LlamaConfig, part: opt_lib.Part
     return jnp.take_along_axis(x, pos, axis=1)
   x = jnp.asarray(batch["states"]).astype(jnp.dtype(config.dtype))
   if part.frozen_layers < config.num_layers:
-    x = fc.run_top(trainable["layers"], config, x, batch["attention_mask"], batch["code_pos"])
+    x = fc.run_top(trainable["layers"], config, x, batch["attention_mask"], want)
+  elif positions is not None:
+    raise ValueError("a cache of the code positions only has no states at other positions")
   return _final_norm(params, trainable, config)(x)
 
 
@@ -89,18 +92,26 @@ def code_logits(h: jax.Array, trainable, params, config: llama.LlamaConfig, part
   return jnp.einsum("bld,vd->blv", h, rows.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
-def text_nll(trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition, batch) -> jax.Array:
+def text_nll(trainable, params, config: llama.LlamaConfig, part: opt_lib.Partition, batch,
+             h_text: jax.Array | None = None) -> jax.Array:
   """The text term: mean next-token NLL at ordinary prompt positions under the full vocabulary, where only the added
   rows can move — -log p(y) = logaddexp(lse_pretrained, logsumexp_k <h, w_k>) - <h, w_y> over the added rows w_k
   (`feature_cache.text_stats` holds h, lse_pretrained and the target's logit). A code loss normalised over codes
   only never says that codes are wrong on English; this term is the one that does, so a tuned model keeps the base
-  model's perplexity (issue #15). Its minimum is the base model's NLL (added rows scoring -inf)."""
+  model's perplexity (issue #15). With the whole backbone frozen its minimum is the base model's NLL (added rows
+  scoring -inf); with a trainable top (h_text [B, R, D] computed by `loss_fn` at 'text_pos') it also holds the
+  top layers to the next token on ordinary text."""
   start = part.new_token_start
   rows = opt_lib.output_rows(params, trainable, config, part, jnp.arange(start, config.vocab_size))
-  h = jnp.asarray(batch["text_states"], jnp.float32)
-  added = jax.nn.logsumexp(jnp.einsum("brd,vd->brv", h, rows.astype(h.dtype)), axis=-1)
-  nll = jnp.logaddexp(batch["text_lse"], added) - batch["text_logit"]
   valid = jnp.asarray(batch["text_valid"], jnp.float32)
+  if h_text is None:  # whole backbone frozen: h and the pretrained rows' part are cached constants
+    h = jnp.asarray(batch["text_states"], jnp.float32)
+    added = jax.nn.logsumexp(jnp.einsum("brd,vd->brv", h, rows.astype(h.dtype)), axis=-1)
+    nll = jnp.logaddexp(batch["text_lse"], added) - batch["text_logit"]
+  else:  # a trainable top moves h: the full-vocabulary NLL at the R positions, pretrained rows frozen
+    logits = code_logits(h_text, trainable, params, config, part, None, "full")
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
+        logits, batch["text_target"][..., None], axis=-1)[..., 0]
   return jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
@@ -108,14 +119,21 @@ def loss_fn(trainable, params, batch, *, config: llama.LlamaConfig, part: opt_li
             mode: str, cached: bool, text_weight: float = 0.0) -> tuple[jax.Array, dict]:
   """Mean code NLL of a batch (+ text_weight * `text_nll`) and its metrics (batch may carry 'allowed' [B, L, K] for
   mode 'trie', and the text arrays of `FeatureCache.batch`)."""
-  h = code_hidden(trainable, params, config, part, batch, cached=cached)
+  h_text = None
+  if text_weight and "text_pos" in batch:  # trainable top: code and text positions through the top in one pass
+    L = batch["code_pos"].shape[-1]
+    both = code_hidden(trainable, params, config, part, batch, cached=cached,
+                       positions=jnp.concatenate([batch["code_pos"], batch["text_pos"]], axis=-1))
+    h, h_text = both[:, :L], both[:, L:]
+  else:
+    h = code_hidden(trainable, params, config, part, batch, cached=cached)
   logits = code_logits(h, trainable, params, config, part, token_table, mode)
   total, aux = code_loss.code_loss_sums(logits, batch["codes"], mode=mode, allowed=batch.get("allowed"),
                                         token_table=token_table)
   n = jnp.maximum(aux["codes"], 1.0)
   loss, metrics = total / n, {"accuracy": aux["correct"] / n, "codes": aux["codes"]}
   if text_weight:
-    text = text_nll(trainable, params, config, part, batch)
+    text = text_nll(trainable, params, config, part, batch, h_text)
     loss = loss + text_weight * text
     metrics["text_nll"] = text
   return loss, metrics
@@ -168,7 +186,7 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
     raise ValueError("cfg.loss='trie' needs allowed (code_loss.trie_children_mask)")
   if cfg.text_weight and cache.text is None:
     raise ValueError("cfg.text_weight > 0 needs a cache built with text_positions > 0")
-  if cfg.text_weight and part.final_norm:
+  if cfg.text_weight and part.final_norm and part.frozen_layers == config.num_layers:
     raise ValueError("the text term's cached statistics assume a frozen final norm: Partition(final_norm=False)")
   trainable = opt_lib.split(params, config, part) if trainable is None else trainable
   steps = steps_for(len(cache), cfg)

@@ -159,8 +159,6 @@ def frozen_states(params, config: llama.LlamaConfig, tokens: jax.Array, attentio
 
 # ---- ordinary text positions (the text term of the code engine) -----------------------------------------------
 
-TEXT_FIELDS = ("text_states", "text_lse", "text_logit", "text_valid")
-
 
 def sample_text_positions(code_pos: np.ndarray, tokens: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, ...]:
   """(positions [N, R], next-token targets [N, R], valid [N, R]): R prompt positions per example, seeded per row,
@@ -217,7 +215,7 @@ class FeatureCache:
   codes: np.ndarray
   seconds: float = 0.0  # wall time of the pass that built it, compilation included (0 when loaded)
   compile_seconds: float = 0.0  # of which compiling the padded widths
-  text: dict | None = None  # `text_positions` > 0: TEXT_FIELDS arrays [N, R(, D)] of R prompt positions
+  text: dict | None = None  # `text_positions` > 0: arrays [N, R(, D)] of R prompt positions (`build`)
 
   def __len__(self) -> int:
     return len(self.states)
@@ -253,8 +251,9 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
 
   directory: the workdir folder to write (e.g. WORKDIR/feature_cache/memorization); None keeps it in memory. A
   complete cache with the same fingerprint there is loaded instead of recomputed (a resumed run pays nothing).
-  text_positions = R > 0 (whole frozen backbone only): also R ordinary prompt positions per example with what the
-  text term needs (`text_stats` over the pretrained rows [:new_token_start]), stored as `FeatureCache.text`.
+  text_positions = R > 0: also R ordinary prompt positions per example for the text term, stored as
+  `FeatureCache.text`: with the whole backbone frozen their final states and `text_stats` over the pretrained rows
+  [:new_token_start] (constants); with a trainable top only the positions and next tokens (recomputed per step).
   """
   import time
 
@@ -267,10 +266,7 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   n, T = examples.tokens.shape
   L = examples.codes.shape[1]
   R = int(text_positions)
-  if R and not at_codes:
-    raise ValueError("text_positions needs the whole backbone frozen (frozen_layers = num_layers): with trainable "
-                     "layers the text states change every step")
-  if R and new_token_start is None:
+  if R and at_codes and new_token_start is None:
     raise ValueError("text_positions needs new_token_start (the pretrained rows the text term is scored over)")
   shape = (n, L if at_codes else T, config.hidden_size)
   key = fingerprint(params, config, examples, frozen_layers, dtype)
@@ -280,11 +276,14 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
     tpos, ttgt, tvalid = sample_text_positions(examples.code_pos, examples.tokens, R)
     text_shapes = {"text_states": ((n, R, config.hidden_size), np.float32), "text_lse": ((n, R), np.float32),
                    "text_logit": ((n, R), np.float32), "text_valid": ((n, R), np.bool_)}
+    if not at_codes:  # a trainable top recomputes the states at the positions each step: store where and what
+      text_shapes = {"text_pos": ((n, R), np.int32), "text_target": ((n, R), np.int32),
+                     "text_valid": ((n, R), np.bool_)}
   d = None if directory is None else pathlib.Path(directory)
   if d is not None and (d / "meta.json").exists():
     old = json.loads((d / "meta.json").read_text())
     if old.get("complete") and {k: old.get(k) for k in meta} == meta:
-      text = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in TEXT_FIELDS} if R else None
+      text = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in text_shapes} if R else None
       return FeatureCache(kind, frozen_layers, np.load(d / "states.npy", mmap_mode="r"),
                           examples.attention_mask, examples.code_pos, examples.codes, text=text)
   text = None
@@ -301,6 +300,8 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
       text = {f: np.zeros(sh, dt) for f, (sh, dt) in text_shapes.items()}
   if R:
     text["text_valid"][:] = tvalid
+    if not at_codes:
+      text["text_pos"][:], text["text_target"][:] = tpos, ttgt
   t0 = time.perf_counter()
   compiled, compile_seconds = {}, 0.0
   # Batches of similar length share a padded width (a multiple of T/8, at least 8), so short documents are not run
@@ -316,7 +317,7 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
     pad = batch_size - len(idx)  # keep one compiled shape per width
     take = np.concatenate([idx, np.repeat(idx[:1], pad)])
     pos = examples.code_pos[take]
-    if R:  # the text positions ride along with the code positions through the same gather
+    if R and at_codes:  # the text positions ride along with the code positions through the same gather
       pos = np.concatenate([pos, tpos[take]], axis=1)
     args = (jnp.asarray(examples.tokens[take, :width]), jnp.asarray(examples.attention_mask[take, :width]),
             jnp.asarray(pos))
@@ -326,7 +327,7 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
                                             at_codes=at_codes).compile()
       compile_seconds += time.perf_counter() - tc
     x = compiled[width](params, *args)
-    if R:
+    if R and at_codes:
       h, lse, tgt = text_stats(params, config, x[:, L:], jnp.asarray(ttgt[take]), start=int(new_token_start))
       for f, v in (("text_states", h), ("text_lse", lse), ("text_logit", tgt)):
         text[f][idx] = np.asarray(v[:len(idx)])
