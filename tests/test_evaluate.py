@@ -176,3 +176,48 @@ def test_load_config_overlays_the_workdir(tmp_path):
   assert c.eval.depth == 50 and isinstance(c.eval.depth, int)  # JSON numbers coerced to the field's type
   assert c.train.stages == ("retrieval",) and c.eval.recall_ks == config_lib.base_config().eval.recall_ks
   assert "zz" not in c.eval  # fields today's config lacks are ignored
+
+
+def test_dense_baseline_trains_on_the_workdir_training_split_only(tmp_path, monkeypatch):
+  """`--methods=dense`: the pairs come from the workdir dataset's training split minus every scored text (a
+  training record that repeats a test query's text is dropped); a second run loads the cached weights."""
+  import jax
+  import jax.numpy as jnp
+  from toolgen_jax.codebook import bert, embed
+  from toolgen_jax.data.dataset import finalize
+  from toolgen_jax.data.records import Tool, ToolCorpus
+  from toolgen_jax.data.report import LoadReport
+  from toolgen_jax.evaluation import dense_retriever
+
+  class Words:  # word -> id by a fixed hash; 1 = [CLS]
+    def encode_batch(self, texts):
+      return [type("E", (), {"ids": [1] + [2 + sum(map(ord, w)) * 7919 % 126 for w in t.lower().split()]})()
+              for t in texts]
+
+  cfg = bert.BertConfig.tiny()
+  params = bert.BertEncoder(cfg).init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
+  monkeypatch.setattr(embed, "load_encoder", lambda *a, **k: embed.Encoder(cfg, params, Words(), "tiny", ""))
+  seen = []
+  real = dense_retriever.fine_tune
+  monkeypatch.setattr(dense_retriever, "fine_tune", lambda enc, texts, *a, **k: (seen.append(list(texts)),
+                                                                                  real(enc, texts, *a, **k))[1])
+  corpus = ToolCorpus([Tool(id=i, tool_name=f"T{i}", api_name=n, description=n)
+                       for i, n in enumerate(["weather forecast", "stock quote", "recipe search", "flight booking"])])
+  qs = [Query("tr1", "rain tomorrow", (0,), split="train"), Query("tr2", "price of shares", (1,), split="train"),
+        Query("tr3", "Cook pasta", (2,), split="train"),     # repeats a test query's text: must not be trained on
+        Query("tr4", "plane ticket", (3,), split="train"),
+        Query("te1", "cook  pasta", (2,), split="test"), Query("te2", "will it snow", (0,), split="test")]
+  ds = finalize(corpus, qs, [], LoadReport(source="x"), "x", log=False)
+  wd = tmp_path / "wd"
+  ds.save(wd / "dataset")
+  ds.save(tmp_path / "queries")
+  (wd / "config.json").write_text(json.dumps({"eval": {"dense_steps": 2, "dense_batch_size": 2,
+                                                       "dense_max_len": 16}}))
+  for _ in range(2):
+    rep = evaluate.run(str(wd), [f"saved:{tmp_path / 'queries'}"], methods=["bm25", "dense"],
+                       settings=("multi-domain",))
+  assert len(seen) == 1, "the second run retrains instead of loading WORKDIR/dense"
+  assert sorted(set(seen[0])) == ["plane ticket", "price of shares", "rain tomorrow"]
+  res = rep["files"]["saved:queries"]["methods"]
+  assert set(res) == {"bm25", "dense"} and res["dense"]["multi-domain"]["all"]["all"]["n"] == 2
+  assert len(list((wd / dense_retriever.CACHE_DIR).iterdir())) == 1

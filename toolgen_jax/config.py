@@ -200,7 +200,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 3, 5)
   c.eval.settings = ("multi-domain", "in-domain")  # + "candidates"; in-domain = the papers' group (I1/I2/I3) pool,
                                                    # candidates = the query's own api_list (evaluation/harness.py)
-  c.eval.baselines = ("bm25", "embedding")
+  c.eval.baselines = ("bm25", "embedding")  # + "dense": MiniLM fine-tuned on the training queries (ToolRetriever)
+  c.eval.dense_steps = 300          # dense baseline: in-batch-negative steps (evaluation/dense_retriever.py; cached
+  c.eval.dense_batch_size = 32      # in WORKDIR/dense), pairs per step, AdamW peak rate, InfoNCE temperature, and
+  c.eval.dense_learning_rate = 3e-5  # tokens per text in training and encoding
+  c.eval.dense_temperature = 0.05
+  c.eval.dense_max_len = 128
   c.eval.batch_size = 8
   c.eval.perplexity = True
   c.eval.perplexity_tokens = 2048
@@ -386,7 +391,7 @@ MEMBER_CHOICES = {
     "train.stages": ("memorization", "retrieval", "trajectory"),
     "train.memorization_views": ("name_description", "description", "sentence", "parameters"),  # data/views.KINDS
     "eval.settings": ("multi-domain", "in-domain", "candidates"),
-    "eval.baselines": ("bm25", "embedding"),
+    "eval.baselines": ("bm25", "embedding", "dense"),
     "pipeline.redo": ("corpus", "embeddings", "codebook", "model", "train", "evaluate", "report"),
     "encoder.gist_tasks": ("name", "category", "description", "parameters"),  # codebook/gist.py:tool_fields
 }
@@ -418,13 +423,15 @@ RANGES = {
     "eval.ks": _POS, "eval.recall_ks": _POS, "eval.batch_size": _POS, "eval.perplexity_tokens": _NONNEG,
     "eval.train_queries": _NONNEG, "eval.memorization_tools": _NONNEG, "eval.depth": _POS,
     "eval.bm25_k1": _NONNEG, "eval.bm25_b": _UNIT, "eval.perplexity_window": _POS, "eval.perplexity_stride": _POS,
+    "eval.dense_steps": _POS, "eval.dense_batch_size": (2, None), "eval.dense_max_len": _POS,
     "agent.max_steps": _POS, "agent.max_observation_chars": _POS, "agent.max_response_bytes": _POS,
     "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS,
     "serve.port": (0, 65535), "serve.max_body_bytes": _POS, "serve.max_tools": _POS, "serve.max_messages": _POS,
 }
 # Strictly positive reals (a zero rate or limit is never meant).
 POSITIVE = ("codebook.sinkhorn_epsilon", "codebook.learning_rate", "encoder.gist_learning_rate",
-            "train.learning_rate", "train.adam_eps", "train.lr_rows", "train.lr_layers", "agent.time_limit_s", "agent.tool_timeout_s")
+            "train.learning_rate", "train.adam_eps", "train.lr_rows", "train.lr_layers",
+            "eval.dense_learning_rate", "eval.dense_temperature", "agent.time_limit_s", "agent.tool_timeout_s")
 # -1 = all / every remaining device; otherwise at least 1.
 ALL_OR_POSITIVE = ("data.max_queries", "data.max_tools", "eval.max_queries", "mesh.data", "mesh.fsdp", "mesh.tensor")
 _MISSING = object()

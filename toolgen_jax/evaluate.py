@@ -1,7 +1,7 @@
 """Scores a workdir's retriever and the baselines on any query file of a supported format.
 
   python -m toolgen_jax.evaluate --workdir=DIR --queries=FILE [--queries=FILE ...] [--add-tools-from=FILE ...]
-      [--setting=multi-domain|in-domain|both] [--methods=bm25,embedding[,model]] [--split=auto|test|...]
+      [--setting=multi-domain|in-domain|both] [--methods=bm25,embedding[,dense][,model]] [--split=auto|test|...]
       [--corpus=pooled|per-file] [--perplexity]
 
 A query spec is `PATH` (format detected) or `SOURCE:PATH` with SOURCE one of the `toolgen_jax.data` readers
@@ -9,8 +9,10 @@ A query spec is `PATH` (format detected) or `SOURCE:PATH` with SOURCE one of the
 own tools (when it has a saved dataset), the tools documented in `--add-tools-from` files and the tools of every
 query file. In the multi-domain setting every one of them is a candidate (`--corpus=pooled`, the model's view), or
 only the file's own tools plus the added ones (`--corpus=per-file`, each benchmark on its own corpus as the papers
-report it; a tool whose key two files share keeps the first file's doc). Writes `DIR/evaluate/report.json`,
-`report.md` and `plots/`. Kept thin: `run(...)` is what a notebook calls.
+report it; a tool whose key two files share keeps the first file's doc). The `dense` baseline (MiniLM fine-tuned on
+training queries) trains on the workdir dataset's training split when the workdir has one, else on the query files'
+training splits, never on a text that is scored here; its weights are cached in DIR/dense. Writes
+`DIR/evaluate/report.json`, `report.md` and `plots/`. Kept thin: `run(...)` is what a notebook calls.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import ml_collections
 
 from toolgen_jax import artifact
 from toolgen_jax.data.records import DataError
-from toolgen_jax.evaluation import bm25
+from toolgen_jax.evaluation import baseline_retrievers, bm25
 from toolgen_jax.evaluation.harness import select_split
 
 WORKDIR_DATASET = artifact.DATASET_DIR
 WORKDIR_MODEL = artifact.MODEL_DIR
-BASELINES = ("bm25", "embedding")
+BASELINES = baseline_retrievers.BASELINES
 
 
 class NoTrainedModelError(FileNotFoundError):
@@ -104,7 +106,7 @@ def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_fr
   """Merges workdir dataset + --add-tools-from + query files (workdir tools keep their ids: they come first).
 
   Returns (merged dataset, {label: queries of that file}, {label: merged ids of that file's tools},
-  merged ids of the added tools)."""
+  merged ids of the added tools, the workdir dataset's queries in merged ids (None without one))."""
   from toolgen_jax.data import dataset as dataset_lib
 
   parts = []
@@ -113,7 +115,7 @@ def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_fr
   parts += [(*load_spec(s), False) for s in add_tools_from]
   parts += [(*load_spec(s), True) for s in query_specs]
   merged = dataset_lib.merge([ds for _, ds, _ in parts]) if len(parts) > 1 else parts[0][1]
-  per_file, file_tools, added, start = {}, {}, set(), 0
+  per_file, file_tools, added, start, own = {}, {}, set(), 0, None
   for label, ds, is_query_file in parts:  # merge keeps each dataset's queries contiguous and in order
     ids = {merged.corpus.id_of(*t.key) for t in ds.corpus}
     if is_query_file:
@@ -124,24 +126,20 @@ def build_corpus(workdir: pathlib.Path, query_specs: Sequence[str], add_tools_fr
       file_tools[name] = ids
     else:
       added |= ids
+      if label == "workdir":
+        own = merged.queries[start:start + len(ds.queries)]
     start += len(ds.queries)
-  return merged, per_file, file_tools, added
+  return merged, per_file, file_tools, added, own
 
 
 def make_baselines(methods: Sequence[str], documents: list[str], config: ml_collections.ConfigDict,
-                   workdir: pathlib.Path) -> dict:
-  out = {}
-  if "bm25" in methods:
-    out["bm25"] = bm25.from_config(documents, config.eval)
-  if "embedding" in methods:
-    from toolgen_jax.codebook import embed
-    from toolgen_jax.evaluation.embedding import EmbeddingRetriever
-    enc = embed.load_encoder(config.encoder.path or "minilm")
-    kw = dict(batch_size=config.encoder.batch_size, max_len=config.encoder.max_len)
-    docs = embed.cached_encode(documents, workdir, enc, **kw)
-    out["embedding"] = EmbeddingRetriever(documents, lambda texts: embed.encode_texts(texts, enc, **kw),
-                                          doc_embeddings=docs)
-  return out
+                   workdir: pathlib.Path, *, train_queries=(), scored=()) -> dict:
+  """The baselines of `methods` (`baseline_retrievers.from_config`); `dense` trains on the training split of
+  `train_queries` minus any text of a `scored` query outside the training split."""
+  from toolgen_jax.data.dataset import TRAIN_SPLITS
+  held_out = [q.text for q in scored if q.split not in TRAIN_SPLITS]
+  return baseline_retrievers.from_config(methods, documents, config, workdir, queries=train_queries,
+                                         held_out_texts=held_out)
 
 
 def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] = (), settings: Sequence[str] = (),
@@ -167,15 +165,17 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
   split = config.eval.split if split is None else split
   if corpus not in ("pooled", "per-file"):
     raise ValueError(f"corpus must be 'pooled' or 'per-file', got {corpus!r}")
-  dataset, per_file, file_tools, added = build_corpus(wd, queries, add_tools_from)
+  dataset, per_file, file_tools, added, own = build_corpus(wd, queries, add_tools_from)
+  scored = {label: select_split(qs, split, label) for label, qs in per_file.items()}
   retrievers = {}
   if "model" in methods:
     retrievers["model"] = load_model_retriever(wd, dataset.corpus, config)
   documents = documents_from_config(dataset.corpus, config.data)
-  retrievers.update(make_baselines([m for m in methods if m != "model"], documents, config, wd))
+  retrievers.update(make_baselines([m for m in methods if m != "model"], documents, config, wd,
+                                   train_queries=dataset.queries if own is None else own,
+                                   scored=[q for qs in scored.values() for q in qs]))
   files = {}
-  for label, qs in per_file.items():
-    qs = select_split(qs, split, label)
+  for label, qs in scored.items():
     universe = None if corpus == "pooled" else tuple(sorted(file_tools[label] | added))
     results = {}
     for name, r in retrievers.items():
@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--setting", choices=("multi-domain", "in-domain", "candidates", "both"), default=None,
                  help="in-domain: the query group's tools (the papers'); candidates: the query's own api_list; "
                       "both: the workdir config's eval.settings")
-  p.add_argument("--methods", default=None, help="comma list of bm25, embedding, model (default: all available)")
+  p.add_argument("--methods", default=None,
+                 help="comma list of bm25, embedding, dense, model (default: all available)")
   p.add_argument("--split", default=None, help="auto (test, else eval, else all) | '' (all) | a split name")
   p.add_argument("--corpus", choices=("pooled", "per-file"), default="pooled",
                  help="multi-domain candidates: every loaded tool (pooled) or the file's own + added tools")

@@ -307,23 +307,21 @@ def evaluate(config, wd: Workdir, ds, cb, model: Model, params, emb: np.ndarray)
   """The trained model (trie-constrained beam search over every tool) next to the baselines, on the test split and
   the probes (`evaluation.probes`)."""
   from toolgen_jax.decoding.generative import GenerativeRetriever
-  from toolgen_jax.evaluation import bm25, harness, probes
-  from toolgen_jax.evaluation import embedding as emb_lib
+  from toolgen_jax.evaluation import baseline_retrievers, harness, probes
   test = probes.evaluation_queries(config, ds)
   retrievers = {config.codebook.method: GenerativeRetriever(
       params, model.config, model.tokenizer, build_trie(config, cb, model.tokenizer),
       beam_size=int(config.decode.beam_size), batch_size=int(config.eval.batch_size),
       alpha=float(config.decode.length_normalization), name=config.codebook.method,
       system_prompt=config.train.system_prompt, normalize=config.decode.normalize)}
-  if "bm25" in config.eval.baselines:
-    retrievers["bm25"] = bm25.from_config(tool_documents(config, ds), config.eval)
-  if "embedding" in config.eval.baselines:
-    retrievers["embedding"] = emb_lib.EmbeddingRetriever(doc_embeddings=emb)
+  retrievers.update(baseline_retrievers.from_config(  # dense: trains on ds's training split only, cached in wd
+      config.eval.baselines, tool_documents(config, ds), config, wd.root, queries=ds.queries, doc_embeddings=emb,
+      log=_say))
   methods = {}
   pools = harness.pools_by_group(ds.queries)  # in-domain: every tool of the query's group (I1/I2/I3), as the papers
   for name, r in retrievers.items():
     _say(f"[evaluate] {name} on {len(test)} test queries, settings {tuple(config.eval.settings)}")
-    baseline = name in ("bm25", "embedding")  # they rank every tool cheaply: ask for ToolGen's depth
+    baseline = name in baseline_retrievers.BASELINES  # they rank every tool cheaply: ask for ToolGen's depth
     methods[name] = harness.evaluate(r, test, ks=tuple(config.eval.ks), settings=tuple(config.eval.settings),
                                      batch_size=int(config.eval.batch_size) * 8, progress=name,
                                      pool_exclude=probes.PROBE_SPLITS, group_pools=pools,
