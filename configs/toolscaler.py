@@ -47,6 +47,7 @@ def get_config(arg: str | None = None):
     c.encoder.gist_patience = 3                   # held-out evaluations without improvement
     c.encoder.gist_eval_every = 100
     c.train.refine_form = "paper"                 # section 4.2, App. D iv (training/refinement.py)
+    c.train.refine_token_epochs = 1               # Token-update epochs per round (the paper does not say how many)
     c.train.stages = ("retrieval", "trajectory")  # Query-Tool pairs, then Trajectories; no memorisation
     c.train.stage_epochs.retrieval = 5.0           # 5 retrieval epochs per iteration
     c.train.stage_epochs.trajectory = 2.0          # + 2 trajectory epochs

@@ -146,6 +146,8 @@ def base_config() -> ml_collections.ConfigDict:
   # paper = section 4.2 / App. D iv: re-embed on the frozen previous model, refit the codebook, reframed rows, every
   # stage again | last_stage = re-embed, re-quantise, keep trained rows, retrain the last stage (training/refinement)
   c.train.refine_form = "last_stage"
+  c.train.refine_token_epochs = 0  # paper form, gist codebooks: epochs of the Token update on the frozen model per
+                                   # round, a codebook fitted after each (0 = none: compression on theta_{t-1} only)
   c.train.tensorboard = True
   c.train.progress_bar = True
   # Epochs per named stage (> 0 overrides stage_steps: steps = ceil(epochs * examples / batch_size)), so a config
@@ -414,6 +416,7 @@ RANGES = {
     "train.log_every": _POS, "train.min_lr_ratio": _UNIT, "train.adam_b1": (0.0, 0.999999),
     "train.adam_b2": (0.0, 0.999999), "train.memorization_max_chars": _NONNEG, "train.frozen_layers": _NONNEG,
     "train.target_positions": _NONNEG, "train.loss_chunk": _NONNEG, "train.refine_rounds": _NONNEG,
+    "train.refine_token_epochs": _NONNEG,
     "train.stage_steps.memorization": _NONNEG, "train.stage_steps.retrieval": _NONNEG,
     "train.stage_steps.trajectory": _NONNEG, "train.stage_steps.refine": _NONNEG,
     "train.stage_epochs.memorization": _NONNEG, "train.stage_epochs.retrieval": _NONNEG,

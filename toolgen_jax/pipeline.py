@@ -283,9 +283,14 @@ def refine(config, wd: Workdir, ds, params, cb, model: Model, *, rounds: int, tr
   add_tokens = lambda p, m, new: refinement.add_code_tokens(
       p, m, new, seed=int(config.seed), pad_to_multiple=int(config.vocab.pad_to_multiple), log=_say)
   if config.train.refine_form == "paper":  # Toolscaler section 4.2, App. D iv (training/refinement.py)
+    hooks = dict(compress=lambda _, p, m, r: embed_tools(p, m, r),
+                 quantize=lambda emb, old, r, _: quantize(emb, old, r))
+    if kind == "gist_tuned" and config.train.refine_token_epochs:  # step (0): the Token update on the frozen model
+      hooks = refinement.gist_token_hooks(config, wd / "embeddings" / "gist", ds, list(ds.corpus) + [
+          prompts.FINISH_TOOL] * finish, quantize=quantize, stored=embed_tools, done=lambda r: (
+              path_of(r) / "manifest.json").exists(), log=_say)
     params, cb_new, model, history = refinement.paper_refinement(
-        params, cb, model, iterations=rounds, compress=lambda _, p, m, r: embed_tools(p, m, r),
-        quantize=lambda emb, old, r, _: quantize(emb, old, r), train=train, add_tokens=add_tokens)
+        params, cb, model, iterations=rounds, train=train, add_tokens=add_tokens, **hooks)
   else:
     params, cb_new, model, history = refinement.post_guided_refinement(
         params, cb, model, rounds=rounds, embed_tools=embed_tools, quantize=quantize, train=train,
