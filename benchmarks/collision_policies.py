@@ -41,7 +41,7 @@ def method_config(name: str):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--workdir", default="workdirs/bench_collisions")
-  ap.add_argument("--rqvae-steps", type=int, default=400)
+  ap.add_argument("--rqvae-steps", type=int, default=400)  # 0 = residual k-means only
   args = ap.parse_args()
   t0 = time.perf_counter()
   ts, tw = method_config("toolscaler"), method_config("toolweaver")
@@ -58,6 +58,10 @@ def main():
     cb = cb_lib.build(c, x, names)
     rows.append({"method": "residual_kmeans 2x128 (toolscaler:small)", "policy": policy,
                  **{k: cb.collision_report[k] for k in FIELDS}})
+    print(json.dumps(rows[-1]), flush=True)  # partial results, in case the RQ-VAE part is cut short
+  if args.rqvae_steps <= 0:
+    _table(n, rows, t0)
+    return
   c = tw.codebook
   n = len(names)
   cfg = rqvae.RQVAEConfig(hidden=tuple(c.rqvae_hidden), code_dim=c.code_dim, num_levels=c.levels,
@@ -72,6 +76,10 @@ def main():
     cb = cb_lib.from_rqvae(cfg, x, edges, w, state=state, collisions_policy=policy)
     rows.append({"method": f"rqvae 2x256 (toolweaver:small, {args.rqvae_steps} steps)", "policy": policy,
                  **{k: cb.collision_report[k] for k in FIELDS}})
+  _table(n, rows, t0)
+
+
+def _table(n, rows, t0):
   print(f"{n} BFCL tools\n")
   print("| codebook | policy | " + " | ".join(FIELDS) + " |")
   print("|---|---|" + "---:|" * len(FIELDS))
