@@ -1,4 +1,5 @@
-"""The real-data table (issue #7): trained workdirs of the `:real` protocol side by side with BM25 and MiniLM.
+"""The real-data table (issue #7): trained workdirs of the `:real` protocol side by side with BM25, MiniLM and
+MiniLM fine-tuned on the training queries (the dense baseline, `eval.baselines` 'dense' in the `:real` configs).
 
   for m in toolweaver toolgen toolscaler; do
     python -m toolgen_jax.main --config=configs/$m.py:real --workdir=workdirs/real_$m
@@ -24,9 +25,12 @@ import sys
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from toolgen_jax.evaluation.baseline_retrievers import BASELINES  # noqa: E402
+
 GROUPS = ("ToolLens", "I1", "I2", "I3", "Gorilla-torchhub")
 LABELS = {"rqvae": "ToolWeaver codes (RQ-VAE)", "residual_kmeans": "Toolscaler codes (residual k-means)",
-          "atomic": "ToolGen atomic", "bm25": "BM25", "embedding": "MiniLM similarity"}
+          "atomic": "ToolGen atomic", "bm25": "BM25", "embedding": "MiniLM similarity",
+          "dense": "MiniLM fine-tuned (dense, in-batch negatives)"}
 
 
 def cell(methods: dict, method: str, setting: str, split: str, group: str, metric: str) -> float | None:
@@ -50,7 +54,7 @@ def main() -> None:
     rep = json.loads((pathlib.Path(wd) / "report.json").read_text())
     (name, f), = rep["files"].items()
     methods = f["methods"]
-    gen = [m for m in methods if m not in ("bm25", "embedding")]
+    gen = [m for m in methods if m not in BASELINES]
     for m in gen:
       rows.append((LABELS.get(m, m), m, methods, wd))
       tuned = (rep.get("perplexity") or {}).get("tuned", {})
@@ -58,7 +62,7 @@ def main() -> None:
                   "perplexity_base": round((rep.get("perplexity") or {}).get("base", {}).get("perplexity", 0), 2),
                   "perplexity_tuned": round(tuned.get("perplexity", 0), 2)}
     if i == 0:
-      base = [(LABELS[m], m, methods, wd) for m in ("bm25", "embedding") if m in methods]
+      base = [(LABELS[m], m, methods, wd) for m in BASELINES if m in methods]
   rows += base
   out: dict = {"groups": GROUPS, "rows": {}}
   for setting in ("multi-domain", "in-domain", "candidates"):  # in-domain: the group pool; candidates: api_list

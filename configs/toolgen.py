@@ -14,4 +14,6 @@ def get_config(arg: str | None = None):
   c.codebook.method = "atomic"
   c.codebook.collisions = "unique"  # nothing to resolve: atomic ids are unique by construction
   c.vocab.init = "subword_mean"
+  if arg == "real":  # the trained dense baseline beside BM25 and MiniLM (BENCHMARKS "Supervised dense baseline")
+    c.eval.baselines = ("bm25", "embedding", "dense")
   return base.lock(c)

@@ -57,4 +57,6 @@ def get_config(arg: str | None = None):
   if arg == "real":
     c.train.stage_steps.retrieval = 250   # 250 + one 150-step refined round = the other methods' 400 steps
     c.train.stage_steps.refine = 150
+  if arg == "real":  # the trained dense baseline beside BM25 and MiniLM (BENCHMARKS "Supervised dense baseline")
+    c.eval.baselines = ("bm25", "embedding", "dense")
   return base.lock(c)

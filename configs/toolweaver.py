@@ -39,4 +39,6 @@ def get_config(arg: str | None = None):
     c.codebook.batch_size = 5096             # --batch_size 5096
     c.codebook.epochs = 5000                 # --epochs 5000 (overrides codebook.steps)
     c.train.stages = ("retrieval", "trajectory")  # two-stage alignment: query -> codes, then trajectories
+  if arg == "real":  # the trained dense baseline beside BM25 and MiniLM (BENCHMARKS "Supervised dense baseline")
+    c.eval.baselines = ("bm25", "embedding", "dense")
   return base.lock(c)

@@ -157,7 +157,7 @@ def run(workdir: str, queries: Sequence[str], *, add_tools_from: Sequence[str] =
     raise NoTrainedModelError(
         f"{wd} holds no trained model ({artifact.MODEL_DIR}/params is missing): check the path, or score the "
         f"baselines alone with --methods={','.join(BASELINES)}")
-  methods = list(methods) if methods else list(BASELINES) + ["model"]
+  methods = list(methods) if methods else list(config.eval.baselines) + ["model"]  # dense only where configured
   unknown = set(methods) - set(BASELINES) - {"model"}
   if unknown:
     raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(BASELINES)}, model")
@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="in-domain: the query group's tools (the papers'); candidates: the query's own api_list; "
                       "both: the workdir config's eval.settings")
   p.add_argument("--methods", default=None,
-                 help="comma list of bm25, embedding, dense, model (default: all available)")
+                 help="comma list of bm25, embedding, dense, model (default: the workdir config's "
+                      "eval.baselines and model)")
   p.add_argument("--split", default=None, help="auto (test, else eval, else all) | '' (all) | a split name")
   p.add_argument("--corpus", choices=("pooled", "per-file"), default="pooled",
                  help="multi-domain candidates: every loaded tool (pooled) or the file's own + added tools")
