@@ -4,8 +4,10 @@
   python benchmarks/serve_load.py --workdir=workdirs/agent --tools=workdir --requests=16 --concurrency=4 --compare
 
 --compare runs the same requests against the previous server too (the standard-library ThreadingHTTPServer with one
-lock around the model, as of commit d69ba91, read with `git show` and its imports pointed at today's modules), then
-against today's (Starlette/uvicorn with the batching engine), and reports both and their throughput ratio.
+lock around the model, as of commit d69ba91, read with `git show` and its imports pointed at today's modules; its
+policy re-prefills every prompt, `reuse_cache=False`, as the policy of that commit did), then against today's
+(Starlette/uvicorn with the batching engine, KV-cache reuse within a step), and reports both and their ratios;
+the JSON also holds the run's wall time and the load average before and after.
 
 --tools=demo sends two made-up tools with short questions (the model-free demo backend knows neither: its add_tools
 path). --tools=workdir builds each request from the trained workdir's own data: a query of its dataset with its
@@ -76,17 +78,21 @@ def legacy_server_file() -> pathlib.Path:
   src = src.replace("from toolgen_jax.agent.backend import Backend, UnknownToolsError, load_backend, resolve_tools",
                     "from toolgen_jax.agent.backend import Backend, UnknownToolsError, resolve_tools\n"
                     "from toolgen_jax.agent.loader import load_backend")
+  # The old path re-prefilled the prompt for each of a step's generations: the policy without KV-cache reuse.
+  src = src.replace("make_server(load_backend(a.workdir)", "make_server(load_backend(a.workdir, reuse_cache=False)")
   path = pathlib.Path(tempfile.mkdtemp()) / "legacy_serve.py"
   path.write_text(src)
   return path
 
 
-def start_server(workdir: str, max_body_bytes: int, legacy: bool = False) -> tuple[subprocess.Popen, int]:
+def start_server(workdir: str, max_body_bytes: int, legacy: bool = False,
+                 max_batch: int | None = None) -> tuple[subprocess.Popen, int]:
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   entry = [str(legacy_server_file())] if legacy else ["-m", "toolgen_jax.serve"]
+  extra = [f"--max_batch={max_batch}"] if max_batch and not legacy else []
   proc = subprocess.Popen([sys.executable, *entry, f"--workdir={workdir}", "--host=127.0.0.1",
-                           "--port=0", f"--max_body_bytes={max_body_bytes}"], stdout=subprocess.PIPE, text=True,
-                          env=env, cwd=ROOT)
+                           "--port=0", f"--max_body_bytes={max_body_bytes}", *extra], stdout=subprocess.PIPE,
+                          text=True, env=env, cwd=ROOT)
   line = proc.stdout.readline()  # "serving NAME on http://127.0.0.1:PORT/v1/chat/completions"
   if "http://127.0.0.1:" not in line:
     proc.kill()
@@ -141,7 +147,9 @@ def main() -> None:
   ap.add_argument("--tools", choices=("demo", "workdir"), default="demo")
   ap.add_argument("--tools_per_request", type=int, default=4)
   ap.add_argument("--compare", action="store_true", help="also run the previous server first, same requests")
+  ap.add_argument("--max_batch", type=int, default=0, help="the new server's --max_batch (0: its default)")
   a = ap.parse_args()
+  t_start, load_before = time.perf_counter(), os.getloadavg()
   results = {}
   for name in (("legacy", "new") if a.compare else ("new",)):
     results[name] = run(a, legacy=name == "legacy")
@@ -150,12 +158,15 @@ def main() -> None:
     out = {"legacy": results["legacy"], "new": results["new"],
            "throughput_ratio": round(results["new"]["throughput_rps"] / max(results["legacy"]["throughput_rps"],
                                                                             1e-9), 2),
-           "p50_ratio": round(results["legacy"]["p50_ms"] / max(results["new"]["p50_ms"], 1e-9), 2)}
+           "p50_ratio": round(results["legacy"]["p50_ms"] / max(results["new"]["p50_ms"], 1e-9), 2),
+           "p95_ratio": round(results["legacy"]["p95_ms"] / max(results["new"]["p95_ms"], 1e-9), 2)}
+  out |= {"wall_s": round(time.perf_counter() - t_start, 1), "load_before": [round(x, 2) for x in load_before],
+          "load_after": [round(x, 2) for x in os.getloadavg()]}
   print(json.dumps(out))
 
 
 def run(a, legacy: bool = False) -> dict:
-  proc, port = start_server(a.workdir, a.max_body_bytes, legacy)
+  proc, port = start_server(a.workdir, a.max_body_bytes, legacy, a.max_batch)
   try:
     work: queue.Queue = queue.Queue()
     if a.tools == "workdir":
@@ -220,7 +231,7 @@ def run(a, legacy: bool = False) -> dict:
         "workdir": a.workdir, "tools": a.tools, "requests": a.requests, "concurrency": a.concurrency,
         "served_ok": served,
         "errors": a.requests - served, "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
         "throughput_rps": round(a.requests / wall, 3), "answers": kinds, "unseen_tool_request": unseen,
         "malformed_json": [bad_json_status, bad_json["error"]["message"][:60]],
         "oversized_body": [big_status, big["error"]["message"][:60]],
@@ -230,7 +241,7 @@ def run(a, legacy: bool = False) -> dict:
     }
     result["server"] = "legacy" if legacy else "new"
     print(f"[{result['server']}] served {served}/{a.requests} at concurrency {a.concurrency}: "
-          f"p50 {result['p50_ms']} ms, "
+          f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
           f"p99 {result['p99_ms']} ms, {result['throughput_rps']} req/s; malformed -> {bad_json_status}, "
           f"oversized -> {big_status}; alive after: {result['alive_after']}", file=sys.stderr)
     return result

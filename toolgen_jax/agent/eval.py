@@ -85,7 +85,8 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
              k: int = 5, think: bool = False, arguments: bool = True, batch_size: int = 8, log=None) -> dict:
   """Replays every assistant step. `think=False` teacher-forces the gold thought (ToolBench's are mostly empty);
   True asks the policy for its own. Steps are decided `batch_size` at a time through the policy's batched calls
-  (`think_batch`, `choose_tool_batch`: one prefill and one constrained search per batch for a model policy), so the
+  (`think_batch`, `choose_tool_batch`, `arguments_batch`: one prefill and one constrained search per batch for a
+  model policy, its arguments filled in lockstep, each prompt continuing the previous one's KV cache), so the
   figures are those of one step at a time, computed together. Returns {'overall': ..., 'by_group': {...},
   'skipped_unresolved': n}."""
   if setting not in ("gt_tools", "all"):
@@ -103,14 +104,17 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
     thoughts = (policy.think_batch([h for _, _, _, h, _ in batch]) if think
                 else [m.thought or "" for _, _, m, _, _ in batch])
     rankings = policy.choose_tool_batch([(h, t, c, True) for (_, _, _, h, c), t in zip(batch, thoughts)], k=k)
-    for (traj, i, m, history, candidates), thought, ranked in zip(batch, thoughts, rankings):
-      _score_step(totals, policy, corpus, traj, i, m, history, thought, ranked, candidates, k, arguments, log)
+    calls = [j for j, (_, _, m, _, _) in enumerate(batch) if arguments and m.action is not None]
+    texts = dict(zip(calls, policy.arguments_batch([(batch[j][3], thoughts[j], corpus[batch[j][2].action])
+                                                    for j in calls]) if calls else []))
+    for j, ((traj, i, m, history, candidates), thought, ranked) in enumerate(zip(batch, thoughts, rankings)):
+      _score_step(totals, corpus, traj, i, m, ranked, candidates, k, texts.get(j), log)
   return {"setting": setting, "k": k, "overall": totals["overall"].summary(),
           "by_group": {g: c.summary() for g, c in sorted(totals.items()) if g != "overall"},
           "skipped_unresolved": skipped, "trajectories": len(trajectories)}
 
 
-def _score_step(totals, policy, corpus, traj, i, m, history, thought, ranked, candidates, k, arguments, log):
+def _score_step(totals, corpus, traj, i, m, ranked, candidates, k, text, log):
   is_finish = m.action is None
   allowed = None if candidates is None else set(candidates)
   top = ranked[0].tool if ranked else -1
@@ -127,9 +131,8 @@ def _score_step(totals, policy, corpus, traj, i, m, history, thought, ranked, ca
       c.call_correct += top == m.action
   if log is not None:
     log(f"{traj.id} step {i}: gold {'Finish' if is_finish else m.action} top {top}")
-  if arguments and not is_finish:
+  if text is not None:
     tool = corpus[m.action]
-    text = policy.arguments(history, thought, tool)
     got, gold = _canonical(text, tool.parameters), _canonical(m.action_input, tool.parameters)
     for c in (totals["overall"], totals[_group(traj)]):
       c.args_steps += 1

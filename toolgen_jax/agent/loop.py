@@ -73,13 +73,10 @@ def error_observation(message: str) -> str:
   return ExecutionResult(error=message).to_observation()
 
 
-def decide(history: Sequence[Message], policy: Policy, corpus: ToolCorpus, *, candidates: Sequence[int] | None = None,
-           allow_finish: bool = True, k: int = 1, coerce_strings: bool = True,
-           allow_extra_arguments: bool = False) -> Decision:
-  """One Thought / Action / Action Input, validated. Never raises for bad model output."""
+def first_allowed(ranked: Sequence[ToolChoice], corpus: ToolCorpus, *, candidates: Sequence[int] | None = None,
+                  allow_finish: bool = True) -> ToolChoice | None:
+  """The best-ranked action the step may take (a corpus tool among the candidates, or Finish when allowed)."""
   allowed = None if candidates is None else frozenset(int(c) for c in candidates)
-  thought = policy.think(history)
-  ranked = tuple(policy.choose_tool(history, thought, candidates, k=k, allow_finish=allow_finish))
 
   def ok(c: ToolChoice) -> bool:
     if c.tool is None:
@@ -90,7 +87,16 @@ def decide(history: Sequence[Message], policy: Policy, corpus: ToolCorpus, *, ca
       return False
     return 0 <= tid < len(corpus) and (allowed is None or tid in allowed)
 
-  choice = next((c for c in ranked if ok(c)), None)
+  return next((c for c in ranked if ok(c)), None)
+
+
+def decide(history: Sequence[Message], policy: Policy, corpus: ToolCorpus, *, candidates: Sequence[int] | None = None,
+           allow_finish: bool = True, k: int = 1, coerce_strings: bool = True,
+           allow_extra_arguments: bool = False) -> Decision:
+  """One Thought / Action / Action Input, validated. Never raises for bad model output."""
+  thought = policy.think(history)
+  ranked = tuple(policy.choose_tool(history, thought, candidates, k=k, allow_finish=allow_finish))
+  choice = first_allowed(ranked, corpus, candidates=candidates, allow_finish=allow_finish)
   if choice is None:
     got = ", ".join("Finish" if c.tool is None else str(c.tool) for c in ranked) or "nothing"
     return Decision(thought, ranked, None, "", None, kind="invalid_tool",

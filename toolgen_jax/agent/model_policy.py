@@ -8,8 +8,19 @@ Each of the three generations of a step is a prompt in the agent chat format (`t
   arguments:   with `constrained_arguments`, the JSON skeleton comes from the tool's schema and the model fills in
                the values (enum / boolean / optional-key choices scored by the model's log-probabilities, strings
                and numbers by greedy text cut at the closing quote); else greedy free text.
-`think_batch` and `choose_tool_batch` run the prompts of many steps (concurrent requests, or every step of an
-evaluation) through one batched prefill and one decode; `think` and `choose_tool` are batches of one.
+`think_batch`, `choose_tool_batch` and `arguments_batch` run the prompts of many steps (concurrent requests, or
+every step of an evaluation) through one batched prefill and one decode; `think`, `choose_tool` and `arguments` are
+batches of one. Argument filling is batched too: every step's schema skeleton (`schema.constrained_argument_steps`)
+advances in lockstep, and each round's choices and free-text values are one batched scoring call and one batched
+greedy decode over all steps.
+
+KV-cache reuse (`reuse_cache=True`, `decoding.prefix_cache`): each prompt of a step extends the one before it (the
+action prompt is the thought prompt plus the thought; the arguments prompt is the action prompt plus the code and
+the tool's documentation; each value is the arguments prompt plus the JSON so far), so the policy keeps the KV
+cache of the last stage's prompts and continues the next stage's from the cached row sharing the longest token
+prefix: the prompt is prefilled once per step and only what it grew by is run. `reuse_cache=False` re-prefills
+every prompt (the reference the reuse is tested against). The cache is policy state: call `release_cache()` when
+a batch of steps is done (the serving engine does), and it is dropped when the weights change.
 The tokenizer is used through a small `TextCodec` (encode / decode / chat_text / eos_id / pad_id) so any tokenizer
 with a chat template fits.
 """
@@ -29,6 +40,7 @@ from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy, ToolChoice
 from toolgen_jax.data.records import Message, Tool, ToolCorpus
 from toolgen_jax.decoding import constrained
+from toolgen_jax.decoding import prefix_cache as pc
 from toolgen_jax.decoding import trie as trie_lib
 from toolgen_jax.models import llama
 
@@ -97,7 +109,7 @@ class ModelPolicy(Policy):
                *, finish_id: int | None, beam_size: int = 5, think_max_tokens: int = 96,
                arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
-               pad_multiple: int = 32, normalize: str = "full"):
+               pad_multiple: int = 32, normalize: str = "full", reuse_cache: bool = True):
     if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
@@ -107,6 +119,24 @@ class ModelPolicy(Policy):
     self.constrained, self.system_prompt, self.pad_multiple = constrained_arguments, system_prompt, pad_multiple
     self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
     self._dtrie = trie.device()
+    self.reuse_cache = reuse_cache
+    self._prefix: pc.PrefixCache | None = None  # the last stage's prompts (reuse_cache)
+    self._prefix_of = None  # the params that cache was computed with
+
+  def release_cache(self) -> None:
+    """Drops the kept KV cache (its memory: rows x prompt length x layers)."""
+    self._prefix = self._prefix_of = None
+
+  def _extend(self, ids: Sequence[Sequence[int]], *, extra: int, limits=None, logprobs: bool = False,
+              remember: bool = False) -> pc.Continued:
+    """The prompts `ids` continued from the kept cache (a fresh prefill when there is none, or when the weights
+    changed since); `remember` keeps the result as the cache the next stage continues from."""
+    prefix = self._prefix if self._prefix_of is self.params else None
+    out = pc.extend(self.params, self.config, prefix, ids, pad_id=self.codec.pad_id, multiple=self.pad_multiple,
+                    chunk_multiple=16, extra=extra, limits=limits, logprobs=logprobs)
+    if remember:
+      self._prefix, self._prefix_of = out.prefix, self.params
+    return out
 
   def add_tools(self, tools: Sequence[Tool], codes) -> list[int]:
     """Adds tools the model has not seen, coded from their documentation (`codes` [n, D], e.g. from the codebook's
@@ -181,21 +211,30 @@ class ModelPolicy(Policy):
 
   # --- the three generations -------------------------------------------------------------------------------------
 
-  def generate_texts(self, prompts: Sequence[str], max_tokens: int, stop: Sequence[str] = ()) -> list[str]:
-    """Greedy continuations of `prompts` (one batched prefill and decode) until EOS / `max_tokens`, each cut before
-    its first stop string."""
-    tokens, mask = self._batch(prompts)
-    res = constrained.generate(self.params, self.config, tokens, mask, beam_size=1, max_len=max_tokens,
-                               eos_id=self.codec.eos_id)
+  def generate_texts(self, prompts: Sequence[str], max_tokens: int | Sequence[int], stop: Sequence[str] = (), *,
+                     remember: bool = False) -> list[str]:
+    """Greedy continuations of `prompts` (one batched prefill and decode) until EOS / `max_tokens` (one for all,
+    or one per prompt), each cut before its first stop string (`stop`: strings for all, or a list per prompt)."""
+    limits = [int(max_tokens)] * len(prompts) if np.ndim(max_tokens) == 0 else [int(m) for m in max_tokens]
+    stops = [list(x) for x in stop] if stop and not isinstance(stop[0], str) else [list(stop)] * len(prompts)
+    longest = max(limits)
+    if self.reuse_cache:
+      cont = self._extend([self._ids(p) for p in prompts], extra=longest, remember=remember)
+      res = constrained.generate_from(self.params, self.config, cont.last_logits, cont.prefix.cache, beam_size=1,
+                                      max_len=longest, eos_id=self.codec.eos_id)
+    else:
+      tokens, mask = self._batch(prompts)
+      res = constrained.generate(self.params, self.config, tokens, mask, beam_size=1, max_len=longest,
+                                 eos_id=self.codec.eos_id)
     texts = []
-    for row in np.asarray(res.tokens)[:len(prompts), 0].tolist():
+    for row, n, st in zip(np.asarray(res.tokens)[:len(prompts), 0].tolist(), limits, stops):
       out = []
-      for t in row:
+      for t in row[:n]:  # greedy rows are independent: a shorter limit is the longer one's first n tokens
         if t < 0 or t == self.codec.eos_id:
           break
         out.append(t)
       text = self.codec.decode(out)
-      for s in stop:
+      for s in st:
         if s in text:
           text = text[:text.index(s)]
       texts.append(text)
@@ -209,7 +248,7 @@ class ModelPolicy(Policy):
 
   def think_batch(self, histories):
     prompts = [self.codec.chat_text(self._turns(h, "think")) for h in histories]
-    return [t.strip() for t in self.generate_texts(prompts, self.think_max_tokens)]
+    return [t.strip() for t in self.generate_texts(prompts, self.think_max_tokens, remember=True)]
 
   def _allowed_ids(self, candidates, allow_finish) -> list[int] | None:
     """The trie ids a step may decode (None: all of them)."""
@@ -237,13 +276,24 @@ class ModelPolicy(Policy):
     if not rows:
       return out
     prompts = [self.codec.chat_text(self._turns(steps[i][0], "act", thought=steps[i][1])) for i in rows]
-    tokens, mask = self._batch(prompts)
+    if self.reuse_cache:
+      cont = self._extend([self._ids(p) for p in prompts], extra=self.trie.depth, remember=True)
+      first, cache = cont.last_logits, cont.prefix.cache
+      batch = first.shape[0]
+    else:
+      tokens, mask = self._batch(prompts)
+      batch = tokens.shape[0]
     tool_mask = None
     if any(len(m) < self.num_tools for m in masks):
-      masks += [masks[0]] * (tokens.shape[0] - len(masks))
+      masks += [masks[0]] * (batch - len(masks))
       tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids(masks, self.num_tools))
-    res = constrained.retrieve(self.params, self.config, tokens, mask, self._dtrie,
-                               beam_size=max(k, self.beam_size), tool_mask=tool_mask, normalize=self.normalize)
+    if self.reuse_cache:
+      res = constrained.retrieve_from(self.params, self.config, first, cache, self._dtrie,
+                                      beam_size=max(k, self.beam_size), tool_mask=tool_mask,
+                                      normalize=self.normalize)
+    else:
+      res = constrained.retrieve(self.params, self.config, tokens, mask, self._dtrie,
+                                 beam_size=max(k, self.beam_size), tool_mask=tool_mask, normalize=self.normalize)
     tool_ids, scores = np.asarray(res.tool_ids).tolist(), np.asarray(res.scores).tolist()
     for j, i in enumerate(rows):
       if self.trie.shared_codes:  # a shared leaf: its members within this step's candidates, at the leaf's score
@@ -254,42 +304,83 @@ class ModelPolicy(Policy):
     return out
 
   def arguments(self, history, thought, tool):
+    return self.arguments_batch([(history, thought, tool)])[0]
+
+  def _input_prompt(self, history, thought, tool) -> str:
     tid = self.finish_id if tool.id == fmt.FINISH_TOOL.id else tool.id
-    prompt = self.codec.chat_text(self._turns(history, "input", thought=thought, tool=tool,
-                                              action=self.code_text(tid)))
-    if self.constrained:
-      return schema_lib.constrained_arguments(tool.parameters, _ModelFiller(self, prompt),
-                                              max_string_chars=4 * self.arguments_max_tokens)
-    return self.generate_text(prompt, self.arguments_max_tokens).strip()
+    return self.codec.chat_text(self._turns(history, "input", thought=thought, tool=tool,
+                                            action=self.code_text(tid)))
+
+  def arguments_batch(self, steps):
+    """Action Input for each (history, thought, tool): the arguments prompts prefilled together (continuing the
+    action prompts' cache), then every schema skeleton advanced in lockstep, one batched call per round."""
+    prompts = [self._input_prompt(*s) for s in steps]
+    if not self.constrained:
+      return [t.strip() for t in self.generate_texts(prompts, self.arguments_max_tokens)]
+    if self.reuse_cache:
+      self._extend([self._ids(p) for p in prompts], extra=0, remember=True)
+    gens = [schema_lib.constrained_argument_steps(tool.parameters, max_string_chars=4 * self.arguments_max_tokens)
+            for _, _, tool in steps]
+    out: list[str | None] = [None] * len(steps)
+    calls: dict[int, tuple] = {}
+    for i, g in enumerate(gens):
+      try:
+        calls[i] = next(g)
+      except StopIteration as done:
+        out[i] = done.value
+    while calls:
+      answers = self._answer_calls({i: (prompts[i], c) for i, c in calls.items()})
+      for i in list(calls):
+        try:
+          calls[i] = gens[i].send(answers[i])
+        except StopIteration as done:
+          out[i] = done.value
+          del calls[i]
+    return out
+
+  def _answer_calls(self, calls: dict[int, tuple[str, tuple]]) -> dict[int, Any]:
+    """One round of argument filling: every ("choose", ...) call scored in one batch, every ("text", ...) call
+    generated in one batch."""
+    answers: dict[int, Any] = {}
+    choose = [(i, p, c) for i, (p, c) in calls.items() if c[0] == "choose"]
+    text = [(i, p, c) for i, (p, c) in calls.items() if c[0] == "text"]
+    if choose:
+      scores = self.score_continuations_batch([(p + c[1], c[2]) for _, p, c in choose])
+      answers |= {i: int(np.argmax(sc)) for (i, _, _), sc in zip(choose, scores)}
+    if text:
+      limits = [min(self.arguments_max_tokens, max(8, c[3])) for _, _, c in text]
+      got = self.generate_texts([p + c[1] for _, p, c in text], limits, [c[2] for _, _, c in text])
+      answers |= {i: g[:c[3]] for (i, _, c), g in zip(text, got)}
+    return answers
 
   def score_continuations(self, prompt: str, options: Sequence[str]) -> np.ndarray:
     """Sum of log-probabilities of each option's tokens after `prompt` (one batched forward pass)."""
-    base = self._ids(prompt)
-    seqs, starts = [], []
-    for o in options:
-      ids = self._ids(prompt + o)
-      common = 0  # tokens may merge across the boundary: score from the first token that differs
-      while common < min(len(base), len(ids)) and base[common] == ids[common]:
-        common += 1
-      seqs.append(ids)
-      starts.append(max(common, 1))
-    t = _round_up(max(map(len, seqs)), self.pad_multiple)
-    tokens = np.full((len(seqs), t), self.codec.pad_id, np.int32)
-    mask = np.zeros((len(seqs), t), np.int32)
-    for i, s in enumerate(seqs):
-      tokens[i, :len(s)], mask[i, :len(s)] = s, 1
-    lp = np.asarray(_token_logprobs(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask)))
-    return np.array([lp[i, starts[i] - 1:len(s) - 1].sum() for i, s in enumerate(seqs)])
+    return self.score_continuations_batch([(prompt, options)])[0]
 
-
-class _ModelFiller:
-
-  def __init__(self, policy: ModelPolicy, prompt: str):
-    self.policy, self.prompt = policy, prompt
-
-  def choose(self, prefix, options):
-    return int(np.argmax(self.policy.score_continuations(self.prompt + prefix, options)))
-
-  def text(self, prefix, stop, max_chars):
-    tokens = min(self.policy.arguments_max_tokens, max(8, max_chars))
-    return self.policy.generate_text(self.prompt + prefix, tokens, stop)[:max_chars]
+  def score_continuations_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+    """`score_continuations` for many (prompt, options) at once: every option of every prompt is one row."""
+    seqs, starts, owner = [], [], []
+    for j, (prompt, options) in enumerate(items):
+      base = self._ids(prompt)
+      for o in options:
+        ids = self._ids(prompt + o)
+        common = pc.common_prefix(base, ids)  # tokens may merge across the boundary: score from the first that differs
+        seqs.append(ids)
+        starts.append(max(common, 1))
+        owner.append(j)
+    if self.reuse_cache:
+      cont = self._extend(seqs, extra=0, limits=[s - 1 for s in starts], logprobs=True)
+      lp, t = np.asarray(cont.logprobs), cont.width
+      flat = [float(lp[i, t - len(s) + starts[i] - 1:t - 1].sum()) for i, s in enumerate(seqs)]
+    else:
+      t = _round_up(max(map(len, seqs)), self.pad_multiple)
+      tokens = np.full((len(seqs), t), self.codec.pad_id, np.int32)
+      mask = np.zeros((len(seqs), t), np.int32)
+      for i, s in enumerate(seqs):
+        tokens[i, :len(s)], mask[i, :len(s)] = s, 1
+      lp = np.asarray(_token_logprobs(self.params, self.config, jnp.asarray(tokens), jnp.asarray(mask)))
+      flat = [float(lp[i, starts[i] - 1:len(s) - 1].sum()) for i, s in enumerate(seqs)]
+    out = [[] for _ in items]
+    for j, v in zip(owner, flat):
+      out[j].append(v)
+    return [np.array(v) for v in out]

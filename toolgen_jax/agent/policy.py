@@ -57,6 +57,10 @@ class Policy(abc.ABC):
     """`choose_tool` for each (history, thought, candidates, allow_finish)."""
     return [self.choose_tool(h, t, c, k=k, allow_finish=f) for h, t, c, f in steps]
 
+  def arguments_batch(self, steps: Sequence[tuple]) -> list[str]:
+    """`arguments` for each (history, thought, tool)."""
+    return [self.arguments(h, t, tool) for h, t, tool in steps]
+
   def count_tokens(self, text: str) -> int:
     """Tokens in `text` for usage reports; a model policy counts with its tokenizer, this default counts words and
     punctuation marks."""

@@ -358,23 +358,28 @@ def _fallback(schema: Mapping[str, Any]) -> Any:
       schema.get("type"), None)
 
 
-def _value(schema: Mapping[str, Any], prefix: str, filler: ArgumentFiller, max_chars: int) -> str:
+# The skeleton is written by generators that yield the model calls they need -- ("choose", prefix, options) or
+# ("text", prefix, stop, max_chars) -- and receive the answers, so that many tools' arguments can be filled in
+# lockstep, one batched model call per round (`constrained_argument_steps`), or one at a time through a filler.
+
+
+def _value(schema: Mapping[str, Any], prefix: str, max_chars: int):
   t = schema.get("type")
   if "enum" in schema:
     options = [json.dumps(v, ensure_ascii=False) for v in schema["enum"]]
-    return options[filler.choose(prefix, options)]
+    return options[(yield ("choose", prefix, options))]
   if t == "boolean":
-    return ["true", "false"][filler.choose(prefix, ["true", "false"])]
+    return ["true", "false"][(yield ("choose", prefix, ["true", "false"]))]
   if t == "string":
-    raw = filler.text(prefix + '"', ['"'], max_chars)
+    raw = yield ("text", prefix + '"', ['"'], max_chars)
     return json.dumps(raw, ensure_ascii=False)  # escaping makes any text a valid JSON string
   if t in ("integer", "number"):
-    raw = filler.text(prefix, [",", "}", "\n"], 32)
+    raw = yield ("text", prefix, [",", "}", "\n"], 32)
     m = (_INT_RE if t == "integer" else _NUM_RE).match(raw)
     return m.group(1).lstrip("+") if m else json.dumps(_fallback(schema))
   if t == "object" and schema.get("properties"):
-    return _object(schema, prefix, filler, max_chars)
-  raw = filler.text(prefix, ["\n"], max_chars)  # arrays, free objects, untyped: any JSON value, else the fallback
+    return (yield from _object(schema, prefix, max_chars))
+  raw = yield ("text", prefix, ["\n"], max_chars)  # arrays, free objects, untyped: any JSON value, else the fallback
   try:
     v = json.loads(raw)
     if t is None or _fits(v, t):
@@ -384,23 +389,35 @@ def _value(schema: Mapping[str, Any], prefix: str, filler: ArgumentFiller, max_c
   return json.dumps(_fallback(schema), ensure_ascii=False)
 
 
-def _object(schema: Mapping[str, Any], prefix: str, filler: ArgumentFiller, max_chars: int) -> str:
+def _object(schema: Mapping[str, Any], prefix: str, max_chars: int):
   props = schema.get("properties", {})
   required = [k for k in schema.get("required", []) if k in props]
   optional = [k for k in props if k not in required]
   out = "{"
   for k in required:
     out += ("" if out == "{" else ", ") + json.dumps(k) + ": "
-    out += _value(props[k], prefix + out, filler, max_chars)
+    out += yield from _value(props[k], prefix + out, max_chars)
   while optional:  # the model picks the next optional key or closes the object
     options = [json.dumps(k) for k in optional] + ["}"]
-    i = filler.choose(prefix + out + ("" if out == "{" else ", "), options)
+    i = yield ("choose", prefix + out + ("" if out == "{" else ", "), options)
     if i == len(optional):
       break
     k = optional.pop(i)
     out += ("" if out == "{" else ", ") + json.dumps(k) + ": "
-    out += _value(props[k], prefix + out, filler, max_chars)
+    out += yield from _value(props[k], prefix + out, max_chars)
   return out + "}"
+
+
+def constrained_argument_steps(parameters: Mapping[str, Any] | None, *, prefix: str = "",
+                               max_string_chars: int = 256):
+  """`constrained_arguments` as a generator: yields each model call it needs, ("choose", prefix, options) -> the
+  index of the chosen option, or ("text", prefix, stop, max_chars) -> the text; returns the Action Input text."""
+  return (yield from _object(normalize_schema(parameters), prefix, max_string_chars))
+
+
+def answer(filler: ArgumentFiller, call: tuple) -> Any:
+  """One call yielded by `constrained_argument_steps`, answered by `filler`."""
+  return filler.choose(*call[1:]) if call[0] == "choose" else filler.text(*call[1:])
 
 
 def constrained_arguments(parameters: Mapping[str, Any] | None, filler: ArgumentFiller, *, prefix: str = "",
@@ -411,4 +428,10 @@ def constrained_arguments(parameters: Mapping[str, Any] | None, filler: Argument
   by the longest numeric prefix of the model's text (the schema's default, else 0, if there is none). The result
   always parses; it satisfies types, enums and required keys for schemas made of these parts.
   """
-  return _object(normalize_schema(parameters), prefix, filler, max_string_chars)
+  steps = constrained_argument_steps(parameters, prefix=prefix, max_string_chars=max_string_chars)
+  try:
+    call = next(steps)
+    while True:
+      call = steps.send(answer(filler, call))
+  except StopIteration as done:
+    return done.value

@@ -83,3 +83,23 @@ def generate(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mas
   first, cache = prefill(params, config, tokens, attention_mask, max_len)
   return bs.beam_search(LlamaStep(config), llama.reorder_cache, params, first, cache, beam_size=beam_size,
                         max_len=max_len, eos_id=eos_id, alpha=alpha, unroll=unroll)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "normalize"))
+def retrieve_from(params, config: llama.LlamaConfig, first_logits: jax.Array, cache: llama.KVCache,
+                  trie: trie_lib.DeviceTrie, *, beam_size: int, alpha: float = 0.0,
+                  tool_mask: jax.Array | None = None, normalize: str = "full") -> bs.BeamResult:
+  """`retrieve` continuing from a cache the prompts already ran into (`prefix_cache.extend`, with room for
+  `trie.depth` more tokens): first_logits [Q, V], cache of Q rows; the beam search replicates it per beam."""
+  allowed = None if tool_mask is None else trie_lib.allowed_nodes(trie, tool_mask)
+  return bs.trie_beam_search(LlamaStep(config), llama.reorder_cache, params, first_logits, cache, trie,
+                             beam_size=beam_size, alpha=alpha, allowed=allowed, normalize=normalize)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len", "eos_id", "alpha", "unroll"))
+def generate_from(params, config: llama.LlamaConfig, first_logits: jax.Array, cache: llama.KVCache, *,
+                  beam_size: int, max_len: int, eos_id: int | None = None, alpha: float = 0.0,
+                  unroll: bool = False) -> bs.BeamResult:
+  """`generate` continuing from a cache with room for `max_len` more tokens (`prefix_cache.extend`)."""
+  return bs.beam_search(LlamaStep(config), llama.reorder_cache, params, first_logits, cache, beam_size=beam_size,
+                        max_len=max_len, eos_id=eos_id, alpha=alpha, unroll=unroll)

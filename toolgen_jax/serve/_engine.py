@@ -4,8 +4,10 @@ steps of all requests that arrived within `window_s` of each other together.
 One batch is: each request's tools resolved (`backend.request_tools`: known tools by name and schema, the others
 coded into the bounded tool cache and pinned), then one `policy.think_batch` over every request's history (one
 batched prefill and greedy decode for a model policy), one `policy.choose_tool_batch` (one batched prefill and one
-trie-constrained beam search, each row restricted to its own request's tools by the tool mask), then the arguments
-of each step and their validation by the agent loop's own `decide`. The HTTP layer awaits a future per request, so
+trie-constrained beam search, each row restricted to its own request's tools by the tool mask), one
+`policy.arguments_batch` for the tools the steps take (schema skeletons filled in lockstep, one batched call per
+round), then each step's validation by the agent loop's own `decide`. A model policy continues each of these
+prompts from the KV cache of the one before (`decoding.prefix_cache`) and drops that cache after the batch. The HTTP layer awaits a future per request, so
 the event loop keeps answering /health and reading other requests while the model works.
 """
 
@@ -18,6 +20,7 @@ import threading
 import time
 from typing import Sequence
 
+from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import loop
 from toolgen_jax.agent.backend import Backend, ToolCacheFullError, UnknownToolsError, resolve_tools
 from toolgen_jax.agent.policy import Policy, ToolChoice
@@ -52,11 +55,13 @@ class _Step:
 
 
 class _Replayed(Policy):
-  """The policy with this step's thought and ranking already computed (by the batched calls), so that the loop's
-  `decide` validates the step exactly as it does for a single request."""
+  """The policy with this step's thought, ranking and arguments already computed (by the batched calls), so that
+  the loop's `decide` validates the step exactly as it does for a single request."""
 
-  def __init__(self, policy: Policy, thought: str, ranked: Sequence[ToolChoice]):
+  def __init__(self, policy: Policy, thought: str, ranked: Sequence[ToolChoice], tool: Tool | None = None,
+               arguments: str | None = None):
     self.policy, self.thought, self.ranked = policy, thought, list(ranked)
+    self.tool, self.arguments_text = tool, arguments
 
   def think(self, history):
     return self.thought
@@ -65,6 +70,8 @@ class _Replayed(Policy):
     return self.ranked[:k]
 
   def arguments(self, history, thought, tool):
+    if self.arguments_text is not None and tool == self.tool:
+      return self.arguments_text
     return self.policy.arguments(history, thought, tool)
 
 
@@ -83,10 +90,22 @@ def decide_batch(backend: Backend, steps: Sequence[_Step]) -> list[loop.Decision
   thoughts = policy.think_batch([s.history for s in steps])
   ranked = policy.choose_tool_batch([(s.history, t, s.candidates, s.allow_finish) for s, t in zip(steps, thoughts)],
                                     k=1)
+  # The tool each step's `decide` will take, and its arguments for all steps in one batched call.
+  tools: list[Tool | None] = []
+  for s, r in zip(steps, ranked):
+    c = loop.first_allowed(r, backend.corpus, candidates=s.candidates, allow_finish=s.allow_finish)
+    tools.append(None if c is None else fmt.FINISH_TOOL if c.tool is None else backend.corpus[c.tool])
+  todo = [i for i, t in enumerate(tools) if t is not None]
+  args: list[str | None] = [None] * len(steps)
+  try:
+    for i, a in zip(todo, policy.arguments_batch([(steps[i].history, thoughts[i], tools[i]) for i in todo])):
+      args[i] = a
+  except Exception:  # noqa: BLE001  (each step then fills its own, so one step's failure stays its own)
+    args = [None] * len(steps)
   out: list[loop.Decision | Exception] = []
-  for s, t, r in zip(steps, thoughts, ranked):
+  for s, t, r, tool, a in zip(steps, thoughts, ranked, tools, args):
     try:
-      out.append(loop.decide(s.history, _Replayed(policy, t, r), backend.corpus, candidates=s.candidates,
+      out.append(loop.decide(s.history, _Replayed(policy, t, r, tool, a), backend.corpus, candidates=s.candidates,
                              allow_finish=s.allow_finish))
     except Exception as e:  # noqa: BLE001  (one request's failure is its own, not the batch's)
       out.append(e)
@@ -183,6 +202,9 @@ class Engine:
         if not s.job.future.done():
           s.job.future.set_exception(e)
     finally:
+      release = getattr(self.backend.policy, "release_cache", None)
+      if release is not None:  # the step's KV cache is not needed past its batch
+        release()
       for s in steps:
         self.backend.tool_cache.unpin(s.ids)
 

@@ -1,0 +1,151 @@
+"""KV-cache reuse across prompts that share a prefix (one agent step: thought, action, arguments).
+
+The three generations of an agent step are prompts that grow by appending: the action prompt is the thought prompt
+plus the thought and the action request, the arguments prompt is the action prompt plus the action code and the
+tool's documentation, and each schema-constrained value is the arguments prompt plus the JSON written so far. Re-
+prefilling each from scratch costs the whole prompt every time; here a `PrefixCache` keeps the KV cache of a batch
+of prompts with the token ids each row holds, and `extend` continues new prompts from it: every new prompt takes
+the cached row with which it shares the longest token prefix, keeps that many of the row's cached tokens (gathered
+and packed to the right of a fresh cache, so no slot is wasted on a discarded suffix), and runs the model on the
+rest only. Rotary positions are the count of real tokens before a token (as `llama.hidden_states` assigns them to
+left-padded prompts), so a kept key is the key a full prefill computes, and the continuation equals a re-prefill
+of the whole prompt up to float rounding (`tests/test_prefix_cache.py`).
+
+Token prefixes, not text prefixes, are compared: a tokenizer may merge characters across the boundary of a
+prompt and its continuation, and the first differing token is where the cached computation stops being valid.
+Shapes are rounded (rows to a power of two, widths to `multiple`) so that similar batches share a compiled
+program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toolgen_jax.models import llama
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache:
+  """The KV cache of R rows (`llama.KVCache`, [L, R, S, K, Dh]) and, per row, the token ids its real slots hold in
+  order (host side; rows past the real prompts, added to round the batch up, hold a copy of row 0)."""
+
+  cache: llama.KVCache
+  tokens: tuple[tuple[int, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Continued:
+  """What `extend` returns for R prompts (the first R rows of every array are theirs).
+
+  prefix:      the cache after the prompts (one row per prompt, in order), ready for a generation of `extra` tokens.
+  last_logits: [R', V] float32 next-token logits after each prompt.
+  logprobs:    [R', T-1] float32 log p(chunk[:, t+1] | ...) within the fed chunk (with `logprobs=True`), else None.
+  keep:        per prompt, how many of its leading tokens came from the cache (the rest were fed).
+  width:       T, the chunk's length: token i >= keep[j] of prompt j sits at chunk column T - len(prompt j) + i.
+  """
+
+  prefix: PrefixCache
+  last_logits: jax.Array
+  logprobs: jax.Array | None
+  keep: list[int]
+  width: int
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+  """Length of the longest common prefix of two token-id sequences."""
+  n = min(len(a), len(b))
+  if n == 0:
+    return 0
+  diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+  return int(diff[0]) if diff.size else n
+
+
+def match(prefix: PrefixCache | None, prompts: Sequence[Sequence[int]],
+          limits: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+  """For each prompt, the cached row sharing the longest token prefix with it and how many tokens to keep:
+  min(common prefix, limit), where the limit defaults to len(prompt) - 1 (at least one token is fed, so the
+  continuation has next-token logits)."""
+  rows, keep = [], []
+  for j, p in enumerate(prompts):
+    limit = len(p) - 1 if limits is None else min(int(limits[j]), len(p) - 1)
+    best, n = 0, 0
+    if prefix is not None:
+      for r, cached in enumerate(prefix.tokens):
+        c = common_prefix(cached, p)
+        if c > n:
+          best, n = r, c
+    rows.append(best)
+    keep.append(max(0, min(n, limit)))
+  return rows, keep
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-max(n, 1) // m) * m
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.partial(jax.jit, static_argnames=("config", "width", "capacity", "logprobs"))
+def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax.Array, keep: jax.Array,
+              tokens: jax.Array, mask: jax.Array, *, width: int, capacity: int, logprobs: bool):
+  """rows, keep [R] int32; tokens, mask [R, T] left padded -> (last logits [R, V], logprobs [R, T-1] | None, cache
+  of `capacity` slots: the kept tokens packed into slots [width - keep, width), then the chunk)."""
+  real = cache.mask[rows]  # [R, S]
+  s = real.shape[1]
+  order = jnp.argsort(~real, axis=1, stable=True)  # each row's real slots first, in order
+  i = jnp.arange(width)[None, :] - (width - keep[:, None])  # [R, W]: which kept token lands in slot w
+  valid = i >= 0
+  slot = jnp.take_along_axis(order, jnp.clip(i, 0, s - 1), axis=1)
+  src = rows[:, None]
+  pad = ((0, 0), (0, 0), (0, capacity - width), (0, 0), (0, 0))
+  k = jnp.pad(cache.k[:, src, slot], pad)  # [L, R, capacity, K, Dh]
+  v = jnp.pad(cache.v[:, src, slot], pad)
+  packed = llama.KVCache(k=k, v=v, mask=jnp.pad(valid, ((0, 0), (0, capacity - width))),
+                         index=jnp.asarray(width, jnp.int32), next_pos=keep.astype(jnp.int32))
+  x, new = llama.hidden_states(params, config, tokens, attention_mask=mask, cache=packed)
+  last = llama.logits_from_hidden(params, config, x[:, -1])
+  lp = None
+  if logprobs:
+    logits = llama.logits_from_hidden(params, config, x[:, :-1])
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+  return last, lp, new
+
+
+def extend(params, config: llama.LlamaConfig, prefix: PrefixCache | None, prompts: Sequence[Sequence[int]], *,
+           pad_id: int, multiple: int = 32, chunk_multiple: int | None = None, extra: int = 0,
+           limits: Sequence[int] | None = None, logprobs: bool = False) -> Continued:
+  """Runs `prompts` (token-id lists) continuing from `prefix` (None: a fresh prefill) into a cache with room for
+  `extra` generated tokens. `limits` cap, per prompt, how many leading tokens may come from the cache (scoring a
+  continuation from token i needs the logits at i - 1, so the caller keeps at most i - 1). The kept width is
+  rounded up to `multiple`, the fed chunk to `chunk_multiple` (default `multiple`) times a power of two."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("extend: every prompt needs at least one token")
+  prompts = [list(map(int, p)) for p in prompts]
+  rows, keep = match(prefix, prompts, limits)
+  if prefix is None:
+    prefix = PrefixCache(llama.init_cache(config, 1, multiple), ((),))
+  n = _pow2(len(prompts))
+  rows_p, keep_p = rows + [rows[0]] * (n - len(rows)), keep + [keep[0]] * (n - len(keep))
+  chunks = [p[k:] for p, k in zip(prompts, keep)]
+  chunks += [chunks[0]] * (n - len(chunks))
+  cm = chunk_multiple or multiple
+  t = cm * _pow2(-(-max(map(len, chunks)) // cm))
+  tokens = np.full((n, t), pad_id, np.int32)
+  mask = np.zeros((n, t), np.int32)
+  for j, c in enumerate(chunks):
+    tokens[j, t - len(c):], mask[j, t - len(c):] = c, 1
+  width = _round_up(max(keep_p), multiple)
+  capacity = width + t + (_round_up(extra, 8) if extra else 0)
+  last, lp, cache = _continue(params, config, prefix.cache, jnp.asarray(rows_p, jnp.int32),
+                              jnp.asarray(keep_p, jnp.int32), jnp.asarray(tokens), jnp.asarray(mask), width=width,
+                              capacity=capacity, logprobs=logprobs)
+  held = tuple(tuple(p) for p in prompts) + (tuple(prompts[0]),) * (n - len(prompts))
+  return Continued(PrefixCache(cache, held), last, lp, keep, t)
