@@ -511,8 +511,9 @@ def real_overrides(sizes: dict, batch: int = REAL_BATCH) -> tuple[list[str], dic
       "--config.train.memorization_max_chars=0",   # whole documents (data.doc_max_chars)
       f"--config.train.batch_size={batch}", "--config.train.seq_len=256", "--config.train.packing=bucket",
       "--config.train.learning_rate=0.0001", "--config.train.warmup_fraction=0.03",
-      f"--config.train.stage_steps.memorization={steps['memorization']}",
-      f"--config.train.stage_steps.retrieval={steps['retrieval']}",
+      # sized in epochs: the pipeline turns them into ceil(epochs * examples / batch) steps (`steps` below)
+      f"--config.train.stage_epochs.memorization={REAL_EPOCHS['memorization']}",
+      f"--config.train.stage_epochs.retrieval={REAL_EPOCHS['retrieval']}",
       "--config.train.checkpoint_every=500",       # a cut run resumes close to where it stopped
       "--config.train.log_every=100", "--config.train.progress_bar=False",
       "--config.eval.batch_size=64", "--config.encoder.batch_size=256",
@@ -576,7 +577,7 @@ def part_real(rec: Recorder, dry: bool, deadline: float, out: pathlib.Path) -> N
              "seconds": round(time.perf_counter() - t0, 1), "workdir": str(wd)} | _read_log(wd / "accelerator.log")
       if dry:
         cfg = json.loads((wd / "config.json").read_text()) if (wd / "config.json").exists() else {}
-        res["resolved_stage_steps"] = cfg.get("train", {}).get("stage_steps")
+        res["resolved_stage_epochs"] = cfg.get("train", {}).get("stage_epochs")
       results[method] = res
       rec.put(method, res)
       del procs[method]

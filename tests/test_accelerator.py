@@ -59,8 +59,8 @@ def test_dry_run_runs_every_part(tmp_path):
     assert sizes["steps"][stage] == math.ceil(epochs * sizes["examples"][stage] / acc.REAL_BATCH)
   for method in acc.REAL_METHODS:
     assert real[method]["rc"] == 0, real[method]["last_lines"]
-    resolved = real[method]["resolved_stage_steps"]
-    assert {s: resolved[s] for s in acc.REAL_EPOCHS} == sizes["steps"]
+    resolved = real[method]["resolved_stage_epochs"]  # configs sized in epochs, the same on any device
+    assert {s: resolved[s] for s in acc.REAL_EPOCHS} == acc.REAL_EPOCHS
     cfg = json.loads((tmp_path / f"real_{method}" / "config.json").read_text())
     assert cfg["train"]["frozen_layers"] == 0 and cfg["train"]["target_positions"] == 0
     assert cfg["model"]["dtype"] == "bfloat16" and cfg["data"]["source"] == "real_protocol"
@@ -137,7 +137,8 @@ def test_real_part_skips_without_data(monkeypatch):
   assert sizes == {} and "TOOLGEN_DATA" in reason
   over, steps = acc.real_overrides({"memorization": 100, "retrieval": 1000}, batch=64)
   assert steps == {"memorization": 13, "retrieval": 79}
-  assert "--config.train.stage_steps.retrieval=79" in over and "--config.train.frozen_layers=0" in over
+  assert f"--config.train.stage_epochs.retrieval={acc.REAL_EPOCHS['retrieval']}" in over
+  assert "--config.train.frozen_layers=0" in over and not any("stage_steps" in o for o in over)
 
 
 def _setup(*args, **env):
