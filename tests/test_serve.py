@@ -319,15 +319,28 @@ def test_internal_errors_are_500_and_do_not_stop_the_server():
 
 
 def test_requests_in_one_window_are_decided_as_one_batch():
-  """The engine batches concurrent requests: with a wide window, 6 simultaneous requests share batches."""
+  """The engine batches concurrent requests: with a wide window, 6 simultaneous requests share batches, their
+  arguments too (one `arguments_batch` per batch), and the policy's step cache is released after each batch."""
   backend = demo_backend()
   seen = []
+
+  argument_batches, released = [], []
 
   class Recording(LexicalPolicy):
 
     def choose_tool_batch(self, steps, *, k=1):
       seen.append(len(steps))
       return super().choose_tool_batch(steps, k=k)
+
+    def arguments(self, history, thought, tool):
+      raise AssertionError("arguments are filled in batches")
+
+    def arguments_batch(self, steps):
+      argument_batches.append(len(steps))
+      return [LexicalPolicy.arguments(self, h, t, tool) for h, t, tool in steps]
+
+    def release_cache(self):
+      released.append(1)
 
   backend.policy = Recording(backend.corpus)
   srv, thread, url = serve.serve_in_thread(backend, window_s=0.5, max_batch=8)
@@ -341,6 +354,9 @@ def test_requests_in_one_window_are_decided_as_one_batch():
     names = [o["choices"][0]["message"]["tool_calls"][0]["function"]["name"] for _, o in outs]
     assert names == ["weather", "population", "weather"] * 2  # each request got its own answer
     assert sum(seen) == 6 and max(seen) > 1, seen
+    assert argument_batches == seen and len(released) == len(seen)  # one arguments call per batch, cache dropped
+    args = [json.loads(o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) for _, o in outs]
+    assert [a["city"] for a in args] == ["Paris", "Lyon", "Tokyo"] * 2
   finally:
     srv.shutdown()
     thread.join(10)
