@@ -135,30 +135,43 @@ def test_token_outputs_are_the_models_causal_pass_over_content_and_gist():
   model's own and encoders stored by either form embed tools alike)."""
   params, mcfg, gid = _tiny_gist_model()
   content, cmask, *_ = _disjoint_batch()
-  h = gist.token_outputs(params, mcfg, content, cmask, gid)
+  h = jax.jit(lambda p: gist.token_outputs(p, mcfg, content, cmask, gid))(params)
   ref, _ = gist.compress(params, mcfg, content, cmask, gid)
   assert h.shape == (3, 2, mcfg.hidden_size)
   np.testing.assert_allclose(np.asarray(h), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 def test_task_loss_reads_the_document_only_through_the_placeholder_vector():
-  """(a) the loss is `task_loss` of the Token outputs h_k; (b) perturbing the Content's embedding rows moves the loss,
-  but not when h_k is held: the perturbation acts through h_k only; (c) the loss's gradient on the Content rows is
-  exactly the chain rule through h_k (VJP of `token_outputs` with dL/dh_k) and exactly zero when h_k is
-  stop-gradient'ed: no direct Content -> Task path. The earlier kv_cache form fails (c) (control)."""
+  """(a) the loss is `task_loss` of the Token outputs h_k (the vectors `embed_tools` returns for clustering);
+  (b) perturbing the Content's embedding rows moves the loss, but not when h_k is held: the perturbation acts
+  through h_k only. The gradient form is the slow test below."""
   params, mcfg, gid = _tiny_gist_model()
   content, cmask, task, tmask, w = _disjoint_batch()
   rows = np.arange(128, 200)
-  loss = lambda p: gist.cascade_loss(p, mcfg, content, cmask, task, tmask, w, gid)
-  h = gist.token_outputs(params, mcfg, content, cmask, gid)
-  np.testing.assert_allclose(float(loss(params)), float(gist.task_loss(params, mcfg, h, task, tmask, w)), rtol=1e-6)
+  h_of = jax.jit(lambda p: gist.token_outputs(p, mcfg, content, cmask, gid))
+  task_of = jax.jit(lambda p, h: gist.task_loss(p, mcfg, h, task, tmask, w))
+  loss = lambda p: task_of(p, h_of(p))  # = cascade_loss, compiled once
+  h = h_of(params)
+  np.testing.assert_allclose(float(gist.cascade_loss(params, mcfg, content, cmask, task, tmask, w, gid)),
+                             float(task_of(params, h)), rtol=1e-6)
 
   emb = params["embed"]["embedding"]
   bumped = {**params, "embed": {"embedding": emb.at[rows].add(
       0.5 * jax.random.normal(jax.random.key(3), (len(rows), emb.shape[1])))}}
   assert abs(float(loss(bumped)) - float(loss(params))) > 1e-4
-  np.testing.assert_allclose(float(gist.task_loss(bumped, mcfg, h, task, tmask, w)),
-                             float(gist.task_loss(params, mcfg, h, task, tmask, w)), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(float(task_of(bumped, h)), float(task_of(params, h)), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # five backward compilations: ~100 s on the loaded 2-core VM
+def test_task_loss_gradient_reaches_the_content_only_through_the_placeholder_vector():
+  """(c) the loss's gradient on the Content rows is exactly the chain rule through h_k (VJP of `token_outputs` with
+  dL/dh_k) and exactly zero when h_k is stop-gradient'ed: no direct Content -> Task path. The earlier kv_cache form
+  fails it (control)."""
+  params, mcfg, gid = _tiny_gist_model()
+  content, cmask, task, tmask, w = _disjoint_batch()
+  rows = np.arange(128, 200)
+  loss = lambda p: gist.cascade_loss(p, mcfg, content, cmask, task, tmask, w, gid)
+  h = gist.token_outputs(params, mcfg, content, cmask, gid)
 
   g_full = np.asarray(jax.jit(jax.grad(loss))(params)["embed"]["embedding"])[rows]
   d_h = jax.grad(lambda x: gist.task_loss(params, mcfg, x, task, tmask, w))(h)
@@ -190,6 +203,7 @@ def test_make_tasks_are_the_papers_m_reconstruction_tasks():
     gist.make_tasks(DOCS[:1], tokenize, gist.GistConfig(tasks=("category",)))
 
 
+@pytest.mark.slow  # ~23 s on the loaded 2-core VM (compiles the training step)
 def test_cascade_training_with_early_stopping_keeps_the_backbone_frozen():
   """A few AdamW steps (weight decay, LoRA dropout) with early stopping on held-out rows: LoRA + gist rows move,
   every backbone weight is bit-identical (AdamW's decay must not touch frozen weights)."""

@@ -108,6 +108,46 @@ def _tiny_paper_setup():
   return model, compress, quant
 
 
+def test_paper_loop_order_of_steps_with_plain_hooks():
+  """Fast tier: the order of the paper's steps per round, on plain Python hooks (the tiny-model test below is slow):
+  Token update and a codebook per epoch, all on the round's frozen parameters, then tokens, reframed rows, training."""
+  from toolgen_jax.training import refinement
+
+  class CB:
+    def __init__(self, codes):
+      self.codes = np.asarray(codes)
+
+  log = []
+  frozen = {0: {"theta": 0}}
+
+  def train(p, cb, m, t):
+    log.append(("train", t, p["theta"]))
+    out = {"theta": t + 1}
+    frozen[t + 1] = out
+    return out
+
+  params, cb, model, hist = refinement.paper_refinement(
+      frozen[0], CB(np.zeros((3, 4), int)), "model", iterations=2, token_epochs=2, token_state=0,
+      update_tokens=lambda s, p, m, cb, t, e: (log.append(("update", t, e, p is frozen[t])), s + 1)[1],
+      compress=lambda s, p, m, t: (log.append(("compress", t, s, p is frozen[t])), np.full((3, 2, 5), s))[1],
+      quantize=lambda emb, old, t, e: (log.append(("quantize", t, e)), CB(old.codes + 1))[1],
+      add_tokens=lambda p, m, cb: (log.append(("tokens", t_of(p))), (p, m))[1],
+      reframe=lambda p, m, cb, emb: (log.append(("reframe", int(emb[0, 0, 0]))), p)[1], train=train)
+  assert log == [("update", 0, 0, True), ("compress", 0, 1, True), ("quantize", 0, 0),
+                 ("update", 0, 1, True), ("compress", 0, 2, True), ("quantize", 0, 1),
+                 ("tokens", 0), ("reframe", 2), ("train", 0, 0),
+                 ("update", 1, 0, True), ("compress", 1, 3, True), ("quantize", 1, 0),
+                 ("update", 1, 1, True), ("compress", 1, 4, True), ("quantize", 1, 1),
+                 ("tokens", 1), ("reframe", 4), ("train", 1, 1)]
+  assert params == {"theta": 2} and cb.codes.shape == (3, 4) and int(cb.codes[0, 0]) == 4
+  assert [(h.round, h.codebooks, h.changed_tools) for h in hist] == [(0, 2, 3), (1, 2, 3)]
+
+
+def t_of(p):
+  return p["theta"]
+
+
+@pytest.mark.slow  # compiles the tiny model's pass and residual k-means: ~270 s on the loaded 2-core VM
 @pytest.mark.parametrize("token_epochs", [0, 2])
 def test_paper_loop_follows_the_round_structure_on_a_tiny_model(token_epochs, tiny_paper):
   """Two iterations: each re-derives the tools with the parameters the previous one left (the very object, frozen:
