@@ -51,7 +51,8 @@ def test_code_examples_positions():
   assert cut.truncated == 1 and cut.tokens[0, -1] == TABLE[0, 1] and cut.code_pos[0].tolist() == [6, 7]
 
 
-@pytest.mark.parametrize("mode", ["full", "level"])
+# "full" (the whole vocabulary's loss) took 4x the time of "level" in one run: slow tier; the fast tier keeps "level".
+@pytest.mark.parametrize("mode", [pytest.param("full", marks=pytest.mark.slow), "level"])
 def test_tied_new_rows_train_and_pretrained_rows_stay_bit_identical(mode):
   mc, params = _model()
   ex = _examples()

@@ -28,7 +28,9 @@ def _codebook(method, x, tok):
   return cb_lib.build(c, x, NAMES, tokenize=tok.encode, end_id=prompts.end_of_turn_id(tok))
 
 
-@pytest.mark.parametrize("method", cb_lib.METHODS)
+# The RQ-VAE codebook trains a network first (a heavy compile, exercised fast in test_rqvae): slow tier only.
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "rqvae" else m
+                                    for m in cb_lib.METHODS])
 def test_training_target_tokens_are_the_trie_path(method, embeddings):
   tok = tok_lib.load_tokenizer("smollm2")
   cb = _codebook(method, embeddings, tok)

@@ -135,6 +135,7 @@ def test_add_tools_joins_a_suffixed_group_when_the_prefix_is_full():
   assert f"<T2_{cb.codes[:, 2].max()}>" in token_strings(cb)
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_finish_entry_is_a_unique_code_that_survives_save_load_and_is_no_tool(tmp_path):
   rng = np.random.default_rng(1)
   x = rng.normal(size=(40, 16)).astype(np.float32)

@@ -32,7 +32,9 @@ def _poisoned(ds):
   return fit_cooccurrence(dataclasses.replace(ds, queries=qs))
 
 
-@pytest.mark.parametrize("method", ["rqvae", "residual_kmeans"])
+# RQ-VAE training dominates the fast tier's time (the heaviest test): slow tier; the fast tier keeps the PCA +
+# residual k-means audit of the same pipeline steps.
+@pytest.mark.parametrize("method", [pytest.param("rqvae", marks=pytest.mark.slow), "residual_kmeans"])
 def test_fitted_statistics_read_no_test_query_labels(method, tmp_path):
   cfg = _config(method)
   ds = from_config(cfg.data, seed=0)

@@ -54,6 +54,7 @@ def test_codes_are_balanced_and_deterministic(trained, clustered):
   assert not np.array_equal(np.asarray(state3.params["codebooks"]), np.asarray(state.params["codebooks"]))
 
 
+@pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
 def test_dead_codes_are_restarted(clustered):
   cfg = rqvae.RQVAEConfig.tiny(num_levels=1, codebook_size=8, steps=50, sinkhorn_epsilon=0.0, kmeans_init=False)
   state = rqvae.init(cfg, clustered)

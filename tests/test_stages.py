@@ -290,6 +290,7 @@ def test_run_stages_chains_stages_and_skips_finished_ones(stabletoolbench, tmp_p
   np.testing.assert_array_equal(params2["embed"]["embedding"], params["embed"]["embedding"])
 
 
+@pytest.mark.slow  # heavy compile: the mixed-schedule test below runs the code engine through run_stages fast
 def test_code_engine_stage_trains_code_rows_only_and_resumes(tmp_path):
   """train.engine='code' through the orchestration: the pretrained rows and the frozen layer stay bit-identical,
   the head comes out untied with trained code rows, the code accuracy rises, and a re-run loads the trained parts
