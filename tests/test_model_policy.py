@@ -143,6 +143,7 @@ RICH = {"type": "object", "required": ["city", "units"],
                        "hourly": {"type": "boolean"}}}
 
 
+@pytest.mark.slow  # both policies' programs compile; test_prefix_cache.py keeps the fast equality check
 def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_time(config):
   """The three generations of a step continued from the previous prompt's KV cache give the tokens, beam and
   arguments of re-prefilling each prompt (scores within 1e-5); arguments filled for many steps in lockstep equal

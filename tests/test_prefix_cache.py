@@ -62,6 +62,7 @@ def test_extended_prompts_equal_a_full_prefill(model):
     np.testing.assert_allclose(got, ref[step2.keep[j]:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # compile-bound (four programs); the fast tier keeps the logits / log-probability equality above
 def test_greedy_and_trie_beam_from_a_continued_cache_equal_re_prefill(model):
   params, config = model
   first = _prompts(3, 4, 8, 30)
