@@ -46,8 +46,8 @@ def get_config(variant: str = ""):
     c.train.code_loss = "trie"           # level 2 decided among the prefix's children, as the trie decodes it
     c.train.schedule = "mixed"           # documents and queries in one run (DSI), so retrieval does not undo memory
     c.train.memorization_views = ("name_description", "parameters")  # documents as queries: 2 views per tool
-    c.train.text_weight = 3.0            # code rows kept below words on the prompts' ordinary text (perplexity)
+    c.train.text_weight = 10.0           # code rows kept below words on ordinary text (perplexity <= 1.1x)
     c.train.batch_size = 32
-    c.train.stage_epochs.mixed = 40.0
+    c.train.stage_epochs.mixed = 80.0
     c.decode.normalize = "trie"
   return base.lock(c)
