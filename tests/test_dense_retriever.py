@@ -60,7 +60,7 @@ def test_fine_tuning_learns_pairs_without_shared_words():
   enc = _encoder()
   queries = [Query(f"q{i}", t, (tool,), split="train") for i, (t, tool) in enumerate(QUERIES)]
   before = dr.DenseRetriever(DOCS, enc)
-  texts, tools = dr.training_pairs(queries)
+  texts, tools, _ = dr.training_pairs(queries)
   cfg = dr.DenseConfig(steps=120, batch_size=6, learning_rate=3e-3, temperature=0.1, max_len=8)
   tuned, losses = dr.fine_tune(enc, texts, tools, DOCS, cfg=cfg)
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
@@ -115,6 +115,7 @@ def test_bucket_is_a_power_of_two_within_max_len():
   assert [dr._bucket(n, 64) for n in (1, 8, 9, 33, 64, 200)] == [8, 8, 16, 64, 64, 64]
 
 
+@pytest.mark.slow  # 10 s of the fast tier's budget
 def test_load_or_train_caches_by_pairs_and_settings(tmp_path, monkeypatch):
   enc = _encoder()
   queries = [Query(f"q{i}", t, (tool,), split="train") for i, (t, tool) in enumerate(QUERIES)]

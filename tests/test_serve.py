@@ -260,6 +260,7 @@ def raw_exchange(hp, data: bytes, timeout=5.0) -> bytes:
   return out
 
 
+@pytest.mark.slow  # 10 s of the fast tier's budget
 def test_transport_errors_and_server_stays_up(server):
   _, hp = server
   got, out = request(hp, "POST", "/v1/chat/completions", raw=b"x" * 400_000)
