@@ -6,8 +6,11 @@
   workdir/embeddings/            tool-document embeddings, keyed by corpus + encoder (embeddings/gist: the gist encoder)
   workdir/codebook/              the Codebook (tool id <-> codes, quantiser state, stats, plots)
   workdir/checkpoints/<stage>/   orbax checkpoints of each training stage; metrics_<stage>.jsonl; tensorboard/
+  workdir/checkpoints/<stage>/engine.npz   the code engine's trained slices of a stage (`train.engine='code'`)
+  workdir/feature_cache/<stage>/ the frozen bottom's states per training example (code engine; fingerprinted .npy)
   workdir/model/                 the trained model: LlamaConfig, tokenizer with the tool tokens, params (`save_trained`)
   workdir/report.json, report.md, plots/   evaluation of the trained model next to the baselines
+  workdir/dense/<key>/           the fine-tuned dense baseline (`eval.baselines` with 'dense'), keyed by pairs + settings
 
 Evaluation (`toolgen_jax.evaluate`), chat, serving and the agent load a finished workdir through `load_trained`;
 the pipeline writes it. Nothing here trains.
