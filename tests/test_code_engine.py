@@ -262,3 +262,103 @@ def test_text_term_is_the_full_vocabulary_nll_at_prompt_positions_and_pushes_cod
     assert after < engine - 0.05 and after >= base - 1e-4, (engine, after, base)
     with pytest.raises(ValueError, match="text_positions"):
       ce.fit(fc.build(params, mc, ex, frozen_layers=3, batch_size=8), params, mc, part, TABLE, cfg=cfg)
+
+
+def _input_rows_setup(tmp_path, n=12):
+  """A tiny model, its examples and a cache with the prompts' keys and values (float32, so equality is exact)."""
+  mc, params = _model()
+  rng = np.random.default_rng(5)
+  encoded = []
+  for i in range(n):  # several children per prefix, so level 2 is a decision under the trie loss
+    prompt = rng.integers(3, START, rng.integers(4, 12)).tolist()
+    encoded.append(np.asarray(prompt + [int(TABLE[0, i % K]), int(TABLE[1, (i // K) % K]), 2, 10], np.int32))
+  ex = fc.code_examples(encoded, TABLE, 16)
+  cache = fc.build(params, mc, ex, frozen_layers=3, batch_size=5, prefix_kv="float32", directory=tmp_path / "c")
+  part = opt.Partition(new_token_start=START, frozen_layers=3, input_rows=True, code_head=True)
+  return mc, params, ex, cache, part
+
+
+def test_input_rows_from_the_cached_prompt_equal_uncached_training(tmp_path):
+  """Training the code tokens' input rows (`train.code_inputs_epochs`): the cache keeps the prompt's keys and values,
+  the step recomputes the code token through every frozen layer; loss and gradients (input and output rows) equal
+  the full model's within 1e-5, and the level-2 state really follows the input row."""
+  mc, params, ex, cache, part = _input_rows_setup(tmp_path)
+  again = fc.build(params, mc, ex, frozen_layers=3, batch_size=5, prefix_kv="float32", directory=tmp_path / "c")
+  assert again.seconds == 0 and isinstance(again.prefix["kv"], np.memmap)  # loaded back from disk
+  assert fc.prefix_kv_nbytes(int((ex.code_pos[:, 0] + 1).sum()), mc, "float32") == again.prefix["kv"].nbytes
+  trainable = opt.split(params, mc, part)
+  assert set(opt.group_labels(trainable).values()) >= {"inputs", "rows"}
+  leaves, treedef = jax.tree.flatten(trainable)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  trainable = jax.tree.unflatten(treedef, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  idx = np.array([1, 4, 5, 9, 11])
+  allowed = code_loss.trie_children_mask(ex.codes, ex.codes, K)
+  table = jnp.asarray(TABLE)
+
+  def value_and_grad(batch, cached):
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch["allowed"] = jnp.asarray(allowed[np.sort(idx)])
+    fn = lambda t: ce.loss_fn(t, params, batch, config=mc, part=part, token_table=table, mode="trie",
+                              cached=cached)[0]
+    return jax.value_and_grad(fn)(trainable)
+
+  lc, gc = value_and_grad(again.batch(idx, prefix=True), True)
+  lu, gu = value_and_grad(_slice(ex, np.sort(idx)), False)
+  assert float(lc) == pytest.approx(float(lu), abs=1e-5) and float(lc) > 0.1
+  for a, b in zip(jax.tree.leaves(gc), jax.tree.leaves(gu)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  level1_rows = TABLE[0, ex.codes[np.sort(idx), 0]] - START
+  assert np.abs(np.asarray(gc["new_rows"])[level1_rows]).max() > 1e-3  # the input rows get a gradient
+  # Without the keys and values the cached states are the ones of the untrained input rows (stale).
+  stale = ce.loss_fn(trainable, params, {k: jnp.asarray(v) for k, v in again.batch(idx).items()}
+                     | {"allowed": jnp.asarray(allowed[np.sort(idx)])}, config=mc, part=part, token_table=table,
+                     mode="trie", cached=True)[0]
+  assert abs(float(stale) - float(lc)) > 1e-3
+  with pytest.raises(ValueError, match="prefix_kv"):
+    ce.fit(fc.build(params, mc, ex, frozen_layers=3, batch_size=5), params, mc, part, TABLE)
+
+
+@pytest.mark.slow  # a fit, an export and beam searches: the fast tier keeps the cached == uncached test
+def test_trained_input_rows_export_a_plain_llama_that_decodes_what_was_scored(tmp_path):
+  """fit with input rows, export: `llama.forward` on the exported model gives the engine's code logits, and the
+  trie beam search (normalised like the trie loss) returns the tool the objective scores highest, with its score."""
+  from toolgen_jax.decoding import beam_search as bs
+  from toolgen_jax.decoding import constrained
+  from toolgen_jax.decoding import trie as trie_lib2
+  mc, params, ex, cache, part = _input_rows_setup(tmp_path, n=16)
+  allowed = code_loss.trie_children_mask(ex.codes, ex.codes, K)
+  cfg = ce.EngineConfig(loss="trie", epochs=20, batch_size=8, lr_rows=3e-2, lr_inputs=3e-2, warmup_fraction=0.0)
+  trainable, hist = ce.fit(cache, params, mc, part, TABLE, cfg=cfg, allowed=allowed, log_every=10)
+  assert hist[-1]["loss"] < hist[0]["loss"]
+  new, new_cfg = opt.export(params, trainable, mc, part)
+  np.testing.assert_array_equal(np.asarray(new["embed"]["embedding"][:START]),
+                                np.asarray(params["embed"]["embedding"][:START]))
+  assert np.abs(np.asarray(new["embed"]["embedding"][START:] - params["embed"]["embedding"][START:])).max() > 0
+  logits, _ = llama.forward(new, new_cfg, jnp.asarray(ex.tokens), attention_mask=jnp.asarray(ex.attention_mask))
+  at = np.take_along_axis(np.asarray(logits), ex.code_pos[..., None], axis=1)
+  batch = cache.batch(np.arange(16), prefix=True)
+  engine = np.asarray(ce.code_logits(ce.code_hidden(trainable, params, mc, part, batch, cached=True), trainable,
+                                     params, mc, part, jnp.asarray(TABLE), "trie"))
+  np.testing.assert_allclose(np.stack([at[:, l, TABLE[l]] for l in range(L)], 1), engine, atol=1e-4)
+  tools = np.unique(ex.codes, axis=0)
+  trie = trie_lib2.Trie.build(tools, code_tokens=TABLE).device()
+  kids = code_loss.trie_children_mask(tools, tools, K)
+  for i in (0, 5):
+    n = int(ex.code_pos[i, 0]) + 1
+    tokens, mask = constrained.left_pad([ex.tokens[i, :n].tolist()], 0, multiple=8)
+    first, kv = constrained.prefill(new, new_cfg, jnp.asarray(tokens), jnp.asarray(mask), trie.depth)
+    res = bs.trie_beam_search(constrained.LlamaStep(new_cfg), llama.reorder_cache, new, first, kv, trie,
+                              beam_size=len(tools), normalize="trie")
+    # The objective's score of every tool for this prompt: level 1 from the cached state, level 2 recomputed with
+    # the tool's own first code as input.
+    scores = []
+    for t, code in enumerate(tools):
+      b = cache.batch(np.array([i]), prefix=True)
+      b["code_tokens"] = np.asarray([[TABLE[0, code[0]]]], np.int32)
+      b["codes"] = code[None].astype(np.int32)
+      b["allowed"] = kids[t:t + 1]
+      scores.append(-float(ce.loss_fn(trainable, params, {k: jnp.asarray(v) for k, v in b.items()}, config=mc,
+                                      part=part, token_table=jnp.asarray(TABLE), mode="trie", cached=True)[0]) * L)
+    best = int(np.argmax(scores))
+    assert int(res.tool_ids[0][0]) == best
+    assert float(res.scores[0][0]) == pytest.approx(scores[best], abs=1e-4)

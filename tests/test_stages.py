@@ -334,9 +334,8 @@ def test_code_engine_stage_trains_code_rows_only_and_resumes(tmp_path):
   np.testing.assert_array_equal(np.asarray(params2["lm_head"]["kernel"]), head)
 
 
-def test_mixed_schedule_trains_views_and_queries_in_one_engine_run(tmp_path):
-  """train.schedule='mixed': the memorisation views (documents as queries) and the training queries form one code
-  engine run named 'mixed'; with the whole backbone frozen the text term is on; the recipe engine refuses it."""
+def _mixed_engine_run(tmp_path):
+  """A toy mixed code-engine run: config, run_stages kwargs, initial params, corpus, tool count."""
   import types
 
   from toolgen_jax.models.vocab import Model
@@ -365,6 +364,13 @@ def test_mixed_schedule_trains_views_and_queries_in_one_engine_run(tmp_path):
   kw = dict(model=Model(config=mc, params=p0, tokenizer=TOK, new_token_start=256 + 2), dataset=dset,
             codebook=types.SimpleNamespace(finish_id=None), codes=lambda codebook, tok: codes,
             workdir=str(tmp_path), log=lambda s: None)
+  return c, kw, p0, corpus, n_tools
+
+
+def test_mixed_schedule_trains_views_and_queries_in_one_engine_run(tmp_path):
+  """train.schedule='mixed': the memorisation views (documents as queries) and the training queries form one code
+  engine run named 'mixed'; with the whole backbone frozen the text term is on; the recipe engine refuses it."""
+  c, kw, p0, corpus, n_tools = _mixed_engine_run(tmp_path)
   docs = stages.memorization_documents(corpus, views=c.train.memorization_views)
   assert len(docs) == 2 * n_tools and len({d[2] for d in docs}) == len(docs)  # two distinct views per tool
   _, _, _, res = stages.run_stages(c, **kw)
@@ -374,3 +380,19 @@ def test_mixed_schedule_trains_views_and_queries_in_one_engine_run(tmp_path):
   c.train.engine = "recipe"
   with pytest.raises(ValueError, match="mixed"):
     stages.run_stages(c, **kw)
+
+
+@pytest.mark.slow  # two engine runs and a 2-layer pass through the cached prompts: the fast tier has the pieces
+def test_code_inputs_epochs_train_the_input_rows_after_the_output_rows(tmp_path):
+  """train.code_inputs_epochs: a second phase also trains the code tokens' input rows, from the prompts' cached keys
+  and values; the pretrained rows stay bit-identical and a re-run loads the trained parts."""
+  c, kw, p0, _, _ = _mixed_engine_run(tmp_path)
+  c.train.code_inputs_epochs = 2.0
+  params, _, _, res = stages.run_stages(c, **kw)
+  assert [h.get("phase") for h in res["mixed"].fit][-1] == "inputs"
+  assert (tmp_path / "feature_cache" / "mixed" / "prefix_kv.npy").exists()
+  e0, e1 = np.asarray(p0["embed"]["embedding"]), np.asarray(params["embed"]["embedding"])
+  np.testing.assert_array_equal(e1[:258], e0[:258])
+  assert np.abs(e1[258:] - e0[258:]).max() > 0
+  params2, _, _, _ = stages.run_stages(c, **kw)
+  np.testing.assert_array_equal(np.asarray(params2["embed"]["embedding"]), e1)

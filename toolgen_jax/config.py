@@ -167,6 +167,18 @@ def base_config() -> ml_collections.ConfigDict:
   # only the added rows move): code rows learn to stay below words on English (0 = off; needs frozen_layers = all)
   c.train.text_weight = 0.0
   c.train.text_positions = 4
+  # code engine, whole backbone frozen: after the output rows' epochs, this many epochs that also train the code
+  # tokens' input rows (0 = off). Level 2 is decided from the state at the level-1 code token, which sees its prefix
+  # only through that token's input row: a trained row per prefix can move the state toward the prefix's own
+  # children. Exact from the cache: it also keeps the prompt's keys and values (float16, 23 KiB per prompt token on
+  # SmolLM2: 8.1 GB for the demo's 351k prompt tokens) and each step reruns the code tokens through every layer. The
+  # model stays a plain Llama; ordinary text never reads a code token, so perplexity cannot move through it. Off in
+  # the demo: on its data the shared level-2 output rows alone can fit the training examples up to their own
+  # ceiling (identical texts of different BFCL tools; benchmarks/probe_ceiling.py), and 2-4 such epochs cost more
+  # than the demo's budget has left (BENCHMARKS, "Default demo").
+  c.train.code_inputs_epochs = 0.0
+  c.train.lr_inputs = 2e-3        # code engine: peak learning rate of the code input rows (code_inputs_epochs)
+  c.train.lr_inputs_rows = 0.0    # ... and of the output rows during those epochs (0 = train.lr_rows)
   # Documents as queries (DSI-QG / NCI DocAsQuery; data/views.py): memorisation trains on these views of each tool
   # (name_description, description, sentence, parameters) instead of the one cut document. () = the papers' document.
   c.train.memorization_views = ()
@@ -421,7 +433,8 @@ RANGES = {
     "train.stage_steps.trajectory": _NONNEG, "train.stage_steps.refine": _NONNEG,
     "train.stage_epochs.memorization": _NONNEG, "train.stage_epochs.retrieval": _NONNEG,
     "train.stage_epochs.trajectory": _NONNEG, "train.stage_epochs.mixed": _NONNEG,
-    "train.text_weight": _NONNEG, "train.text_positions": _NONNEG,
+    "train.text_weight": _NONNEG, "train.text_positions": _NONNEG, "train.code_inputs_epochs": _NONNEG,
+    "train.lr_inputs_rows": _NONNEG,
     "decode.beam_size": _POS, "decode.length_normalization": _NONNEG, "decode.dense_budget_bytes": _NONNEG,
     "eval.ks": _POS, "eval.recall_ks": _POS, "eval.batch_size": _POS, "eval.perplexity_tokens": _NONNEG,
     "eval.train_queries": _NONNEG, "eval.memorization_tools": _NONNEG, "eval.depth": _POS,
@@ -434,7 +447,8 @@ RANGES = {
 # Strictly positive reals (a zero rate or limit is never meant).
 POSITIVE = ("codebook.sinkhorn_epsilon", "codebook.learning_rate", "encoder.gist_learning_rate",
             "train.learning_rate", "train.adam_eps", "train.lr_rows", "train.lr_layers",
-            "eval.dense_learning_rate", "eval.dense_temperature", "agent.time_limit_s", "agent.tool_timeout_s")
+            "train.lr_inputs", "eval.dense_learning_rate", "eval.dense_temperature", "agent.time_limit_s",
+            "agent.tool_timeout_s")
 # -1 = all / every remaining device; otherwise at least 1.
 ALL_OR_POSITIVE = ("data.max_queries", "data.max_tools", "eval.max_queries", "mesh.data", "mesh.fsdp", "mesh.tensor")
 _MISSING = object()

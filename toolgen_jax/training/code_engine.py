@@ -9,7 +9,19 @@ the codes' output rows:
   loss = mean over codes of -log softmax_{k in C_l}(<h_l, w_k>)[c_l]     (code_loss: C_l = level / trie / vocab)
 
 `code_hidden(..., cached=False)` computes the same h from tokens with the full model (`llama.hidden_states` on the
-merged params): the reference the cached path must equal, and the path to use when the input rows train too.
+merged params): the reference the cached path must equal.
+
+Input rows (`Partition(input_rows=True, code_head=True)`, `train.code_inputs_epochs`): the state predicting level 2
+is the frozen network's output at the level-1 code token, which sees that code only through its input row. With
+rows fixed, every prefix feeds the same kind of vector and the shared level-2 output rows must separate every
+prefix's children from one query state; a trained input row per level-1 code moves the level-2 state of each prefix
+toward its own children (the frozen layers turn the row into a prefix-specific state, nonlinearly in the query).
+The cached batch then carries the prompt's keys and values (`feature_cache.build(prefix_kv=...)`) and the step
+recomputes the code tokens only (`feature_cache.code_token_states`, L - 1 tokens through all layers); prompt
+states, level 1 and the text term are untouched (no code token is ever a prompt token), and the result is still a
+plain Llama (`optimizer.export`). Measured on the demo: the shared rows alone already fit level 2 up to what the
+training texts allow (BFCL repeats functions with identical descriptions; `benchmarks/probe_ceiling.py`), so this
+is an option, not the default.
 """
 
 from __future__ import annotations
@@ -35,13 +47,15 @@ class EngineConfig:
   """Knobs of one engine run (the stage schedule is the caller's).
 
   loss: code_loss.MODES ('level' | 'trie' | 'full'); text_weight: weight of the text term (`text_nll`; needs a
-  cache built with text positions); lr_rows / lr_layers: peak learning rates of the added rows and of the top
-  layers + final norm; epochs over the cached examples; batch_size rows per step.
+  cache built with text positions); lr_rows / lr_layers / lr_inputs: peak learning rates of the added (output)
+  rows, of the top layers + final norm, and of the code tokens' input rows (when they train); epochs over the
+  cached examples; batch_size rows per step.
   """
   loss: str = "level"
   text_weight: float = 0.0
   lr_rows: float = 2e-3
   lr_layers: float = 1e-4
+  lr_inputs: float = 2e-3  # the code tokens' input rows ('new_rows' beside a 'code_head')
   epochs: float = 8.0
   batch_size: int = 32
   warmup_fraction: float = 0.05
@@ -59,17 +73,23 @@ def code_hidden(trainable, params, config: llama.LlamaConfig, part: opt_lib.Part
                 cached: bool, positions: jax.Array | None = None) -> jax.Array:
   """h [B, L, D]: final-normed hidden states at the code-predicting positions (or at `positions` [B, P]).
 
-  cached=True: batch has 'states' (a `FeatureCache.batch`), 'attention_mask', 'code_pos'; cached=False: 'tokens',
-  'attention_mask', 'code_pos' (a `CodeExamples` slice), through the full model.
+  cached=True: batch has 'states' (a `FeatureCache.batch`), 'attention_mask', 'code_pos' (+ 'prefix_kv',
+  'prefix_len', 'code_tokens' when the input rows train: the states at code positions 1.. are then recomputed);
+  cached=False: 'tokens', 'attention_mask', 'code_pos' (a `CodeExamples` slice), through the full model.
   """
   want = batch["code_pos"] if positions is None else positions
   pos = jnp.maximum(want, 0)[..., None]
   if not cached:
     full = opt_lib.merge(params, trainable, config, part)
+    # Trained input rows need the backward pass through every layer (their weights stay constants either way).
+    frozen = 0 if "new_rows" in trainable else part.frozen_layers
     x, _ = llama.hidden_states(full, config, batch["tokens"], attention_mask=batch["attention_mask"],
-                               frozen_layers=part.frozen_layers)
+                               frozen_layers=frozen)
     return jnp.take_along_axis(x, pos, axis=1)
   x = jnp.asarray(batch["states"]).astype(jnp.dtype(config.dtype))
+  if "prefix_kv" in batch:
+    rows = trainable["new_rows"] if "new_rows" in trainable else params["embed"]["embedding"][part.new_token_start:]
+    x = x.at[:, 1:].set(fc.code_token_states(rows, params, config, batch, part.new_token_start))
   if part.frozen_layers < config.num_layers:
     x = fc.run_top(trainable["layers"], config, x, batch["attention_mask"], want)
   elif positions is not None:
@@ -181,9 +201,11 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
   if cache.frozen_layers != part.frozen_layers:
     raise ValueError(f"the cache holds layer {cache.frozen_layers} states but the partition freezes "
                      f"{part.frozen_layers} layers")
-  if part.input_rows:
+  if part.input_rows and (cache.prefix is None or not part.code_head):
     raise ValueError("training the code tokens' input rows from cached features would leave the cache stale: use "
-                     "Partition(input_rows=False, code_head=True) (untied code rows)")
+                     "Partition(input_rows=False, code_head=True) (untied code rows), or a cache with the prompt's "
+                     "keys and values (feature_cache.build(prefix_kv=...)) and Partition(input_rows=True, "
+                     "code_head=True)")
   if cfg.loss == "trie" and allowed is None:
     raise ValueError("cfg.loss='trie' needs allowed (code_loss.trie_children_mask)")
   if cfg.text_weight and cache.text is None:
@@ -193,7 +215,8 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
   trainable = opt_lib.split(params, config, part) if trainable is None else trainable
   steps = steps_for(len(cache), cfg)
   tx, schedules = opt_lib.make_group_optimizer(
-      trainable, {"rows": cfg.lr_rows, "layers": cfg.lr_layers}, steps, warmup_fraction=cfg.warmup_fraction,
+      trainable, {"rows": cfg.lr_rows, "layers": cfg.lr_layers, "inputs": cfg.lr_inputs}, steps,
+      warmup_fraction=cfg.warmup_fraction,
       weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
   opt_state = tx.init(trainable)
   step = make_step(config, part, tx, mode=cfg.loss, cached=True, text_weight=float(cfg.text_weight))
@@ -201,7 +224,7 @@ def fit(cache: fc.FeatureCache, params, config: llama.LlamaConfig, part: opt_lib
   order = batch_order(len(cache), cfg.batch_size, steps, cfg.seed)
   history, t0 = [], time.perf_counter()
   for s in range(steps):
-    batch = cache.batch(order[s])
+    batch = cache.batch(order[s], prefix=part.input_rows)
     if allowed is not None:
       batch["allowed"] = allowed[np.sort(order[s])]
     trainable, opt_state, m = step(trainable, opt_state, params, table, batch)

@@ -16,10 +16,17 @@ input embedding of code l-1, an added row. Cached states stay exact only if thos
 training from the cache: the engine trains separate output rows for the codes instead (`optimizer.Partition` with
 code_head=True, input_rows=False: the code tokens' input and output roles are untied).
 
+Training the input rows too (`train.code_inputs_epochs`): the cache then also keeps the prompt's keys and values at
+every layer (`prefix_kv`), so a step recomputes only the code tokens themselves (L - 1 tokens through the frozen
+layers, attending over the cached prompt): the states at code positions 1.. follow the trained input rows exactly,
+and the prompt's states (level 1, the text term) are unchanged because no code token is part of a prompt.
+
 Memory: N * T * D * itemsize bytes for 'layer_input' (SmolLM2, D = 576, T = 64, float32: 147 KiB per example, 377
 MB for the 2,555 BFCL tool documents) and N * L * D * itemsize for 'code_positions' (4.6 KiB per example at L = 2).
 `cache_nbytes` computes it; the arrays are .npy files read through memory maps, so RAM holds one batch plus the page
 cache. float16 storage halves it (values rounded; cached == uncached then holds to float16 precision only).
+The prompt's keys and values (`prefix_kv`) take P * layers * 2 * kv_heads * head_dim * itemsize per example of P
+prompt tokens, stored ragged (SmolLM2: 23 KiB per token in float16; `prefix_kv_nbytes`).
 """
 
 from __future__ import annotations
@@ -145,16 +152,65 @@ def run_top(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: jax
   return llama.layer_at(config, rope, x, last, mask, jnp.maximum(code_pos, 0))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "frozen_layers", "at_codes"))
+def run_layers_kv(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: jax.Array):
+  """`run_layers` that also returns every layer's keys (after RoPE) and values:
+  (x [B, T, D], k [n, B, T, Kv, Dh], v [n, B, T, Kv, Dh])."""
+  rope, mask = attention_inputs(config, attention_mask, x.dtype)
+
+  def body(x, lp):
+    return llama._layer(config, rope, x, lp, mask, None, None, None)  # pylint: disable=protected-access
+
+  x, (k, v) = jax.lax.scan(body, x, layers)
+  return x, k, v
+
+
+@functools.partial(jax.jit, static_argnames=("config", "frozen_layers", "at_codes", "with_kv"))
 def frozen_states(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask: jax.Array,
-                  code_pos: jax.Array, *, frozen_layers: int, at_codes: bool) -> jax.Array:
-  """x_n: the embedding and layers [0, n) on tokens [B, T] -> [B, T, D], or [B, L, D] at code_pos if at_codes."""
+                  code_pos: jax.Array, *, frozen_layers: int, at_codes: bool, with_kv: bool = False):
+  """x_n: the embedding and layers [0, n) on tokens [B, T] -> [B, T, D], or [B, L, D] at code_pos if at_codes.
+  with_kv (n = num_layers): (x, kv [B, T, n, 2, Kv * Dh]), every layer's keys and values, for `prefix_kv`."""
   x = llama.embed(params, config, tokens)
-  if frozen_layers:
+  if with_kv:
+    x, k, v = run_layers_kv(params["layers"], config, x, attention_mask)
+    n, B, T = k.shape[:3]
+    kv = jnp.stack([k.reshape(n, B, T, -1), v.reshape(n, B, T, -1)], axis=1).transpose(2, 3, 0, 1, 4)
+  elif frozen_layers:
     x = run_layers(jax.tree.map(lambda a: a[:frozen_layers], params["layers"]), config, x, attention_mask)
   if at_codes:
     x = jnp.take_along_axis(x, jnp.maximum(code_pos, 0)[..., None], axis=1)
-  return x
+  return (x, kv) if with_kv else x
+
+
+def code_token_states(input_rows: jax.Array, params, config: llama.LlamaConfig, batch, new_token_start: int
+                      ) -> jax.Array:
+  """x_L [B, L - 1, D] (before the final norm) at code positions 1..L-1, recomputed from the cached prompt.
+
+  The position predicting code l (l >= 1) is the code token l - 1 itself: its input row (input_rows [V - start, D],
+  the trainable added rows) runs through every (frozen) layer, attending over the prompt's cached keys and values
+  (batch 'prefix_kv' [B, S, n, 2, Kv * Dh], 'prefix_len' [B]) and over the code tokens before it
+  ('code_tokens' [B, L - 1]). Equals `llama.hidden_states` on the whole sequence at those positions.
+  """
+  c = config
+  dt = jnp.dtype(c.dtype)
+  tok = jnp.asarray(batch["code_tokens"])
+  B, M = tok.shape
+  x = input_rows[tok - new_token_start].astype(dt)
+  plen = jnp.asarray(batch["prefix_len"])
+  kv = jnp.asarray(batch["prefix_kv"]).astype(dt)
+  S, n = kv.shape[1], kv.shape[2]
+  Kv, Dh = c.num_kv_heads, c.head_dim
+  kv = kv.reshape(B, S, n, 2, Kv, Dh).transpose(2, 3, 0, 1, 4, 5)                 # [n, 2, B, S, Kv, Dh]
+  kv = jnp.concatenate([kv, jnp.zeros((n, 2, B, M, Kv, Dh), dt)], axis=3)        # M free slots for the codes
+  positions = plen[:, None] + jnp.arange(M)[None]
+  rope = llama.rope_tables(positions, llama.rope_inv_freq(c), dt)
+  j, m = jnp.arange(S + M), jnp.arange(M)
+  mask = (j[None, None, :] < plen[:, None, None]) | ((j[None, :] >= S) & (j[None, :] - S <= m[:, None]))[None]
+
+  def body(x, xs):
+    lp, k, v = xs
+    return llama._layer(c, rope, x, lp, mask, (k, v), S, None)[0], None  # pylint: disable=protected-access
+
+  return jax.lax.scan(body, x, (params["layers"], kv[:, 0], kv[:, 1]))[0]
 
 
 # ---- ordinary text positions (the text term of the code engine) -----------------------------------------------
@@ -201,6 +257,12 @@ def cache_nbytes(num_examples: int, seq_len: int, hidden: int, num_levels: int, 
   return int(num_examples) * per
 
 
+def prefix_kv_nbytes(prompt_tokens: int, config: llama.LlamaConfig, dtype: str = "float16") -> int:
+  """Bytes of the cached prompt keys and values (`build(prefix_kv=...)`) for `prompt_tokens` tokens in all."""
+  per = config.num_layers * 2 * config.num_kv_heads * config.head_dim * np.dtype(dtype).itemsize
+  return int(prompt_tokens) * per
+
+
 @dataclasses.dataclass
 class FeatureCache:
   """Cached x_n of a set of `CodeExamples` (arrays may be read-only memory maps).
@@ -216,17 +278,34 @@ class FeatureCache:
   seconds: float = 0.0  # wall time of the pass that built it, compilation included (0 when loaded)
   compile_seconds: float = 0.0  # of which compiling the padded widths
   text: dict | None = None  # `text_positions` > 0: arrays [N, R(, D)] of R prompt positions (`build`)
+  # `prefix_kv`: the prompt's keys and values, ragged: 'kv' [sum P, n, 2, Kv * Dh] (example i at rows
+  # offset[i] .. offset[i] + P_i, P_i = code_pos[i, 0] + 1), 'offset' [N], 'code_tokens' [N, L - 1] (the code tokens'
+  # ids at positions code_pos[:, 1:], the inputs `code_token_states` recomputes)
+  prefix: dict | None = None
 
   def __len__(self) -> int:
     return len(self.states)
 
-  def batch(self, idx: np.ndarray) -> dict:
-    """Host batch of examples idx [B] for the engine's step."""
+  def batch(self, idx: np.ndarray, prefix: bool = False) -> dict:
+    """Host batch of examples idx [B] for the engine's step; prefix=True adds the prompt's keys and values
+    ('prefix_kv' [B, S, n, 2, Kv * Dh], zero past each prompt, S the longest prompt of the cache), 'prefix_len' [B]
+    and 'code_tokens' [B, L - 1] for `code_token_states`."""
     idx = np.sort(np.asarray(idx))  # sorted reads from the memory map
     out = {"states": np.asarray(self.states[idx], np.float32), "attention_mask": self.attention_mask[idx],
            "code_pos": self.code_pos[idx], "codes": self.codes[idx]}
     if self.text is not None:
       out.update({k: np.asarray(v[idx]) for k, v in self.text.items()})
+    if prefix:
+      if self.prefix is None:
+        raise ValueError("this cache holds no prompt keys and values: build it with prefix_kv")
+      plen = self.code_pos[:, 0] + 1
+      S = int(plen.max())
+      j = np.arange(S)
+      rows = self.prefix["offset"][idx, None] + np.minimum(j[None], plen[idx, None] - 1)
+      kv = np.asarray(self.prefix["kv"][rows.reshape(-1)], np.float32).reshape(rows.shape + self.prefix["kv"].shape[1:])
+      kv[j[None] >= plen[idx, None]] = 0.0
+      out.update({"prefix_kv": kv, "prefix_len": plen[idx].astype(np.int32),
+                  "code_tokens": np.asarray(self.prefix["code_tokens"][idx])})
     return out
 
 
@@ -246,7 +325,8 @@ def fingerprint(params, config: llama.LlamaConfig, examples: CodeExamples, froze
 
 def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_layers: int,
           directory: str | pathlib.Path | None = None, batch_size: int = 32, dtype: str = "float32",
-          text_positions: int = 0, new_token_start: int | None = None, log=None) -> FeatureCache:
+          text_positions: int = 0, new_token_start: int | None = None, prefix_kv: str | None = None,
+          log=None) -> FeatureCache:
   """Runs the frozen bottom once over `examples` and stores x_n (see the module docstring).
 
   directory: the workdir folder to write (e.g. WORKDIR/feature_cache/memorization); None keeps it in memory. A
@@ -254,6 +334,9 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   text_positions = R > 0: also R ordinary prompt positions per example for the text term, stored as
   `FeatureCache.text`: with the whole backbone frozen their final states and `text_stats` over the pretrained rows
   [:new_token_start] (constants); with a trainable top only the positions and next tokens (recomputed per step).
+  prefix_kv: a storage dtype (STORE_DTYPES) to also keep the prompt's keys and values at every layer
+  (`FeatureCache.prefix`, whole backbone frozen only), from the same pass: what training the code tokens' input
+  rows needs (`code_token_states`).
   """
   import time
 
@@ -272,6 +355,20 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   key = fingerprint(params, config, examples, frozen_layers, dtype)
   meta = {"kind": kind, "frozen_layers": frozen_layers, "shape": list(shape), "dtype": dtype, "fingerprint": key,
           "text_positions": R, "new_token_start": new_token_start if R else None}
+  if prefix_kv is not None:  # absent otherwise, so caches written before the option still load
+    if prefix_kv not in STORE_DTYPES or not at_codes or L < 2:
+      raise ValueError(f"prefix_kv needs a dtype in {STORE_DTYPES}, the whole backbone frozen and >= 2 code levels "
+                       f"(got {prefix_kv!r}, frozen_layers={frozen_layers}, L={L})")
+    if (examples.codes < 0).any():
+      raise ValueError("prefix_kv: every example needs all its code levels (fixed-length codes)")
+    meta["prefix_kv"] = prefix_kv
+    plen = examples.code_pos[:, 0].astype(np.int64) + 1
+    offset = np.concatenate([[0], np.cumsum(plen)[:-1]])
+    kv_shape = (int(plen.sum()), config.num_layers, 2, config.num_kv_heads * config.head_dim)
+    code_tokens = np.take_along_axis(examples.tokens, examples.code_pos[:, 1:], axis=1)
+
+  def prefix_of(kv):
+    return None if prefix_kv is None else {"kv": kv, "offset": offset, "code_tokens": code_tokens}
   if R:
     tpos, ttgt, tvalid = sample_text_positions(examples.code_pos, examples.tokens, R)
     text_shapes = {"text_states": ((n, R, config.hidden_size), np.float32), "text_lse": ((n, R), np.float32),
@@ -284,18 +381,22 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
     old = json.loads((d / "meta.json").read_text())
     if old.get("complete") and {k: old.get(k) for k in meta} == meta:
       text = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in text_shapes} if R else None
+      kv = np.load(d / "prefix_kv.npy", mmap_mode="r") if prefix_kv is not None else None
       return FeatureCache(kind, frozen_layers, np.load(d / "states.npy", mmap_mode="r"),
-                          examples.attention_mask, examples.code_pos, examples.codes, text=text)
+                          examples.attention_mask, examples.code_pos, examples.codes, text=text, prefix=prefix_of(kv))
   text = None
   if d is not None:
     d.mkdir(parents=True, exist_ok=True)
     (d / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     states = np.lib.format.open_memmap(d / "states.npy", mode="w+", dtype=dtype, shape=shape)
+    kv_store = None if prefix_kv is None else np.lib.format.open_memmap(
+        d / "prefix_kv.npy", mode="w+", dtype=prefix_kv, shape=kv_shape)
     if R:
       text = {f: np.lib.format.open_memmap(d / f"{f}.npy", mode="w+", dtype=dt, shape=sh)
               for f, (sh, dt) in text_shapes.items()}
   else:
     states = np.zeros(shape, dtype)
+    kv_store = None if prefix_kv is None else np.zeros(kv_shape, prefix_kv)
     if R:
       text = {f: np.zeros(sh, dt) for f, (sh, dt) in text_shapes.items()}
   if R:
@@ -324,9 +425,14 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
     if width not in compiled:  # compiled ahead, so the cost per example and the one-time cost are told apart
       tc = time.perf_counter()
       compiled[width] = frozen_states.lower(params, config, *args, frozen_layers=frozen_layers,
-                                            at_codes=at_codes).compile()
+                                            at_codes=at_codes, with_kv=prefix_kv is not None).compile()
       compile_seconds += time.perf_counter() - tc
     x = compiled[width](params, *args)
+    if prefix_kv is not None:
+      x, kv = x
+      kv = np.asarray(kv[:len(idx)]).astype(prefix_kv)  # [B, W, n, 2, Kv * Dh]
+      for r, i in enumerate(idx):
+        kv_store[offset[i]:offset[i] + plen[i]] = kv[r, :plen[i]]
     if R and at_codes:
       h, lse, tgt = text_stats(params, config, x[:, L:], jnp.asarray(ttgt[take]), start=int(new_token_start))
       for f, v in (("text_states", h), ("text_lse", lse), ("text_logit", tgt)):
@@ -342,8 +448,8 @@ def build(params, config: llama.LlamaConfig, examples: CodeExamples, *, frozen_l
   seconds = time.perf_counter() - t0
   if d is not None:
     states.flush()
-    for a in (text or {}).values():
+    for a in list((text or {}).values()) + ([kv_store] if kv_store is not None else []):
       a.flush()
     (d / "meta.json").write_text(json.dumps({**meta, "complete": True, "seconds": round(seconds, 2)}))
   return FeatureCache(kind, frozen_layers, states, examples.attention_mask, examples.code_pos, examples.codes,
-                      seconds=seconds, compile_seconds=compile_seconds, text=text)
+                      seconds=seconds, compile_seconds=compile_seconds, text=text, prefix=prefix_of(kv_store))

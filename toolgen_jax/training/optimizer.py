@@ -202,8 +202,11 @@ def export(params: Any, trainable: Mapping[str, Any], config, part: Partition):
 
 
 def group_labels(trainable: Mapping[str, Any]) -> dict:
-  """'rows' / 'layers' per leaf of a `split` tree (PART_GROUPS)."""
-  return {k: jax.tree.map(lambda _: PART_GROUPS[k], v) for k, v in trainable.items()}
+  """'rows' / 'layers' / 'inputs' per leaf of a `split` tree (PART_GROUPS; the added input rows are their own group
+  'inputs' when a 'code_head' holds the output rows, else they are the tied output rows: 'rows')."""
+  def group(k):
+    return "inputs" if k == "new_rows" and "code_head" in trainable else PART_GROUPS[k]
+  return {k: jax.tree.map(lambda _: group(k), v) for k, v in trainable.items()}
 
 
 def make_group_optimizer(trainable: Mapping[str, Any], learning_rates: Mapping[str, float], total_steps: int, *,
@@ -214,7 +217,8 @@ def make_group_optimizer(trainable: Mapping[str, Any], learning_rates: Mapping[s
   'layers': top layers and final norm, ~1e-4) over a `split` tree, after global-norm clipping of all its gradients.
   Moments exist for the trainable slices only (there is nothing else in the tree).
   Returns (optimizer, {group: schedule})."""
-  groups = sorted({PART_GROUPS[k] for k in trainable})
+  labels = group_labels(trainable)
+  groups = sorted({g for v in labels.values() for g in jax.tree.leaves(v)})
   missing = [g for g in groups if g not in learning_rates]
   if missing:
     raise ValueError(f"no learning rate for group(s) {missing}; give one per group of {groups}")
@@ -227,5 +231,5 @@ def make_group_optimizer(trainable: Mapping[str, Any], learning_rates: Mapping[s
   txs = {g: optax.adamw(schedules[g], b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
          for g in groups}
   chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  chain.append(optax.multi_transform(txs, group_labels(trainable)))
+  chain.append(optax.multi_transform(txs, labels))
   return optax.chain(*chain), schedules

@@ -228,7 +228,10 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
   cex = fc.code_examples(encoded, table, int(tc.seq_len), pad_id=model.tokenizer.pad_id or 0,
                          keep_tail=prompts.prompt_suffix_tokens(model.tokenizer, tc.get("system_prompt")))
   part = opt_lib.Partition(new_token_start=model.new_token_start, frozen_layers=int(tc.frozen_layers))
-  trainable = opt_lib.split(params, model.config, part)
+  # train.code_inputs_epochs > 0: a second phase trains the code tokens' input rows too (code_engine's docstring)
+  inputs_epochs = float(tc.get("code_inputs_epochs", 0.0))
+  part_inputs = dataclasses.replace(part, input_rows=True)
+  trainable = opt_lib.split(params, model.config, part_inputs if inputs_epochs else part)
   out = pathlib.Path(workdir) / "checkpoints" / name
   saved = out / "engine.npz"
   if saved.exists():
@@ -237,12 +240,15 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
       trainable = jax.tree_util.tree_unflatten(treedef, [z[f"leaf{i}"] for i in range(len(leaves))])
     history = json.loads((out / "engine_history.json").read_text())
     log(f"[train:{name}] code engine: trained parts loaded from {saved}")
+    if inputs_epochs:
+      part = part_inputs
   else:
     text_weight = float(tc.get("text_weight", 0.0))
     cache = fc.build(params, model.config, cex, frozen_layers=part.frozen_layers,
                      directory=pathlib.Path(workdir) / "feature_cache" / name,
                      text_positions=int(tc.get("text_positions", 0)) if text_weight else 0,
-                     new_token_start=model.new_token_start, log=log)
+                     new_token_start=model.new_token_start, log=log,
+                     prefix_kv="float16" if inputs_epochs else None)
     log(f"[train:{name}] feature cache: {len(cache)} examples, layer {part.frozen_layers} states "
         f"({cex.truncated} prompts cut at seq_len {tc.seq_len})")
     if prototype:
@@ -255,8 +261,20 @@ def fit_code_stage(config: Any, name: str, params: Any, codebook: Any, model: An
         epochs=steps * int(tc.batch_size) / max(len(cex), 1), batch_size=int(tc.batch_size),
         warmup_fraction=float(tc.warmup_fraction), weight_decay=float(tc.weight_decay),
         grad_clip=float(tc.grad_clip), seed=int(config.seed))
-    trainable, history = code_engine.fit(cache, params, model.config, part, table, cfg=ecfg, trainable=trainable,
-                                         allowed=allowed, log=log, log_every=int(tc.log_every))
+    rows = {k: v for k, v in trainable.items() if k != "new_rows"}
+    rows, history = code_engine.fit(cache, params, model.config, part, table, cfg=ecfg, trainable=rows,
+                                    allowed=allowed, log=log, log_every=int(tc.log_every))
+    trainable = {**trainable, **rows}
+    if inputs_epochs:
+      t0 = history[-1]["seconds"] if history else 0.0
+      log(f"[train:{name}] code engine: {inputs_epochs:g} epochs with the code tokens' input rows training too")
+      icfg = dataclasses.replace(ecfg, epochs=inputs_epochs,
+                                 lr_rows=float(tc.get("lr_inputs_rows", 0.0) or tc.lr_rows),
+                                 lr_inputs=float(tc.get("lr_inputs", 2e-3)))
+      trainable, more = code_engine.fit(cache, params, model.config, part_inputs, table, cfg=icfg,
+                                        trainable=trainable, allowed=allowed, log=log, log_every=int(tc.log_every))
+      history += [{**h, "phase": "inputs", "seconds": h["seconds"] + t0} for h in more]
+      part = part_inputs
     out.mkdir(parents=True, exist_ok=True)
     np.savez(saved, **{f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(trainable))})
     (out / "engine_history.json").write_text(json.dumps(history))
