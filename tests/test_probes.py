@@ -47,3 +47,12 @@ def test_summary_reads_the_multi_domain_cells():
   assert probes.summary(rep, "bfcl", "rqvae") == {"own_document_ndcg@1": 90.0, "train_queries_ndcg@1": 50.0,
                                                   "test_ndcg@1": 25.0, "perplexity_ratio": 1.25}
   assert probes.summary({}, "bfcl", "rqvae")["test_ndcg@1"] is None
+
+
+def test_identical_memorisation_texts_make_every_owner_relevant():
+  c, ds = _setup(train_queries=0, memorization_tools=3)
+  # Tools 1 and 4 share their document (the same function in two categories): a query by that text names both.
+  ds.corpus[4] = Tool(id=4, tool_name="tool1", api_name="api1", description="does thing 1")
+  mem = {q.relevant[0]: q for q in probes.memorization_queries(c, ds, ds.queries)}
+  assert set(mem) == {0, 1, 2}
+  assert mem[1].relevant == (1, 4) and mem[0].relevant == (0,) and mem[2].relevant == (2,)

@@ -4,7 +4,7 @@
   what the model saw.
 * memorisation: `eval.memorization_tools` tools of the test queries (seeded sample), each queried by its own
   memorisation document (split "memorisation"): whether doc -> code was learnt at all, which generalising to
-  queries about those tools needs first.
+  queries about those tools needs first. Tools whose memorisation text is identical count as relevant too.
 The harness scores every split separately, and excludes both probes from the in-domain candidate pools.
 """
 
@@ -29,12 +29,16 @@ def memorization_queries(config: Any, dataset: Any, test: list[Query]) -> list[Q
   pick = sorted(np.random.default_rng(int(config.seed)).permutation(tools)[:n].tolist())
   max_chars = int(config.train.memorization_max_chars or config.data.doc_max_chars)
   first: dict[int, str] = {}  # each tool's first memorisation document (its first view when training on views)
+  owners: dict[str, set[int]] = {}  # every memorisation text -> the tools trained on exactly that text
   for tid, _, text in memorization_documents(dataset.corpus, template=config.data.doc_template, max_chars=max_chars,
-                                             views=tuple(config.train.get("memorization_views", ())),
-                                             tool_ids=pick):
-    first.setdefault(tid, text)
-  return [Query(id=f"memorisation/{t}", text=first[t], relevant=(int(t),), group="documents",
-                split="memorisation") for t in pick if t in first]
+                                             views=tuple(config.train.get("memorization_views", ()))):
+    owners.setdefault(text, set()).add(int(tid))
+    first.setdefault(int(tid), text)
+  # A text that is the memorisation document of several tools (BFCL repeats a function across categories with only
+  # parameter types changed; cut documents can coincide) cannot name one of them: every tool trained on that exact
+  # text is relevant, the probed tool first. `benchmarks/probe_ceiling.py` gives the strict reading beside it.
+  return [Query(id=f"memorisation/{t}", text=first[t], relevant=(int(t),) + tuple(sorted(owners[first[t]] - {int(t)})),
+                group="documents", split="memorisation") for t in pick if t in first]
 
 
 def evaluation_queries(config: Any, dataset: Any) -> list[Query]:
