@@ -32,6 +32,7 @@ def codebook_row(method: str, config, args) -> dict:
   t0 = time.perf_counter()
   wd = Workdir(common.pathlib.Path(args.runs) / common.point_key(method, config))
   with common.point_lock(wd.root):  # another script building or training this point: wait for it
+    common.reuse_embeddings(wd.root)
     ds = pipeline.load_corpus(config, wd)
     cb = pipeline.load_codebook(config, wd, ds, pipeline.load_embeddings(config, wd, ds))
   rep = cb.collision_report

@@ -12,8 +12,8 @@ Scale (`common.py`): the first 200 BFCL tools (242 training / 68 test questions)
 engine, 1 view per tool, 40 epochs, K = 32, L = 2, multi-domain; 4-8 min per point on the shared 2-core CPU (lambda
 = 1 is `tokenizations.py`'s ToolWeaver point). Caveat: most BFCL questions call one function, so the training
 co-occurrence graph of those 200 tools has only 10 edges and Eq. 6 has little to act on. A second, codebook-only
-table (no training, ~1 min per lambda) codes all 2,555 BFCL tools (344 training edges, K = 256 as
-`configs/toolweaver.py:small`) at each lambda and reports the edges sharing a first code: the mechanism, where there
+table (no training, ~2 min per lambda) codes all 2,555 BFCL tools (344 training edges, K = 256 as
+`configs/toolweaver.py:small`, 400 RQ-VAE steps as `configs/default.py`) at each lambda and reports the edges sharing a first code: the mechanism, where there
 is a graph (`--no-graph-table` skips it).
 """
 
@@ -27,6 +27,7 @@ COLUMNS = [("lambda", "lambda", "g"), ("test_ndcg@1", "test NDCG@1"), ("test_ndc
            ("edges_sharing_level1", "edges sharing level 1", ".3f"), ("collision_rate", "collision rate", ".3f"),
            ("seconds", "wall s")]
 GRAPH_K = 256
+GRAPH_STEPS = 400  # RQ-VAE steps of configs/default.py (1,000 take ~4.5 min per lambda at 2,555 tools here)
 GRAPH_COLUMNS = [("lambda", "lambda", "g"), ("edges_sharing_level1", "edges sharing level 1", ".4f"),
                  ("rate_before", "collision rate before Sinkhorn", ".4f"), ("rate_after", "after", ".4f")]
 
@@ -48,12 +49,13 @@ def main(argv=None):
 
   def plot(ax):
     lines(ax)
+    ax.legend(fontsize=8, loc="center left")
     if graph:  # the mechanism, on the graph-rich corpus: co-used tools sharing their first code
       twin = ax.twinx()
       twin.plot(lambdas, [g["edges_sharing_level1"] for g in graph], "k--", marker="s",
                 label="all BFCL: edges sharing level 1 (right)")
       twin.set_ylabel("share of co-occurrence edges")
-      twin.legend(fontsize=8, loc="lower right")
+      twin.legend(fontsize=8, loc="center right")
   notes = "x axis symlog (lambda = 0 included). Multi-domain: every tool a candidate."
   if graph:
     notes += (f"\n\nCodebook only, all {graph[0]['tools']} BFCL tools ({graph[0]['edges']} training co-occurrence "
@@ -71,7 +73,8 @@ def graph_rows(lambdas, args) -> list[dict]:
   if args.smoke:
     sc["tools"] = common.SMOKE_TOOLS
   return [{"lambda": lam, **collisions.codebook_row("toolweaver", common.point_config(
-      "toolweaver", **sc, overrides={"codebook.collab_lambda": lam}), args)} for lam in lambdas]
+      "toolweaver", **sc, overrides={"codebook.collab_lambda": lam, "codebook.steps": GRAPH_STEPS}), args)}
+      for lam in lambdas]
 
 
 if __name__ == "__main__":
