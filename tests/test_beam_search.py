@@ -164,6 +164,7 @@ def test_subset_and_removed_tools():
     assert np.all(np.asarray(res.tool_ids[q, n:]) == -1) and np.all(np.isneginf(np.asarray(res.scores[q, n:])))
 
 
+@pytest.mark.slow  # 5 s of compile; the constrained beam tests stay fast
 def test_free_text_beam_equals_exhaustive_and_greedy():
   vocab, max_len, eos = 5, 3, 4
   params = make_toy(9, vocab)

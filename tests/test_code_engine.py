@@ -38,6 +38,13 @@ def _slice(ex, idx):
           "codes": ex.codes[idx]}
 
 
+
+def _perturbed(trainable, scale: float):
+  """The trainable tree moved off the pretrained values (seeded), so a comparison is not at a special point."""
+  leaves, treedef = jax.tree.flatten(trainable)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+
 def test_code_examples_positions():
   ex = _examples(3)
   for i in range(3):
@@ -121,9 +128,7 @@ def test_cached_training_equals_uncached(frozen, mode, tmp_path):
   assert cache.kind == ("code_positions" if frozen == 3 else "layer_input")
   trainable = opt.split(params, mc, part)
   # Move the trainable parts away from the pretrained values, so the comparison is not at a special point.
-  leaves, treedef = jax.tree.flatten(trainable)
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  trainable = jax.tree.unflatten(treedef, [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  trainable = _perturbed(trainable, 0.05)
   idx = np.array([1, 4, 5, 9, 11])
   allowed = code_loss.trie_children_mask(ex.codes, ex.codes, K)
   table = jnp.asarray(TABLE)
@@ -221,7 +226,7 @@ def test_run_top_equals_the_full_top_gathered_at_the_code_positions():
     np.testing.assert_allclose(np.asarray(fc.run_top(layers, mc, x, mask, pos)), np.asarray(full), atol=1e-5)
 
 
-@pytest.mark.parametrize("frozen", [3, 2])
+@pytest.mark.parametrize("frozen", [pytest.param(3, marks=pytest.mark.slow), 2])  # fast tier: the top-layer case
 def test_text_term_is_the_full_vocabulary_nll_at_prompt_positions_and_pushes_code_rows_down(frozen, tmp_path):
   """The text term at R prompt positions equals the exported model's next-token NLL there (llama.forward, full
   vocabulary including the code rows), from cached constants (whole backbone frozen) or through the trainable top;
@@ -288,9 +293,7 @@ def test_input_rows_from_the_cached_prompt_equal_uncached_training(tmp_path):
   assert fc.prefix_kv_nbytes(int((ex.code_pos[:, 0] + 1).sum()), mc, "float32") == again.prefix["kv"].nbytes
   trainable = opt.split(params, mc, part)
   assert set(opt.group_labels(trainable).values()) >= {"inputs", "rows"}
-  leaves, treedef = jax.tree.flatten(trainable)
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  trainable = jax.tree.unflatten(treedef, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  trainable = _perturbed(trainable, 0.3)
   idx = np.array([1, 4, 5, 9, 11])
   allowed = code_loss.trie_children_mask(ex.codes, ex.codes, K)
   table = jnp.asarray(TABLE)

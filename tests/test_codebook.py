@@ -171,6 +171,7 @@ def test_finish_entry_is_a_unique_code_that_survives_save_load_and_is_no_tool(tm
     sem.add_finish(embeddings=np.zeros((1, 4)))
 
 
+@pytest.mark.slow  # 7 s; the fast tier keeps test_collisions' policy test
 def test_report_policy_keeps_shared_codes_reports_them_and_finish_never_shares(tmp_path):
   """Toolscaler's policy: codes as the quantiser gives them, collisions counted; a new tool on a taken code shares
   it (reported, not moved); the Finish action still gets a code of its own; the policy survives save/load."""

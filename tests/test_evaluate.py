@@ -178,6 +178,7 @@ def test_load_config_overlays_the_workdir(tmp_path):
   assert "zz" not in c.eval  # fields today's config lacks are ignored
 
 
+@pytest.mark.slow  # trains the dense baseline: 9 s of the fast tier
 def test_dense_baseline_trains_on_the_workdir_training_split_only(tmp_path, monkeypatch):
   """`--methods=dense`: the pairs come from the workdir dataset's training split minus every scored text (a
   training record that repeats a test query's text is dropped); a second run loads the cached weights."""

@@ -97,7 +97,7 @@ def test_llama3_rope_scaling_is_active():
   np.testing.assert_allclose(inv_s, ref.numpy(), rtol=1e-6)  # float32, within an ulp
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_untied", "qwen2_bias"])
+@pytest.mark.parametrize("name", [pytest.param("llama_gqa_untied", marks=pytest.mark.slow), "qwen2_bias"])
 def test_kv_cache_matches_full_forward(name):
   """Prefill 10 tokens (with left padding) then 14 single steps == one full pass."""
   config = VARIANTS[name]

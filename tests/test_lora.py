@@ -58,6 +58,7 @@ def test_forward_equals_explicit_delta_and_merge():
   assert np.abs(np.asarray(out) - np.asarray(llama.forward(params, config, tok)[0])).max() > 1e-3
 
 
+@pytest.mark.slow  # 4 s; the other LoRA tests stay fast
 def test_dropout_only_with_rng():
   _, _, lc, lp = _setup()
   tok = jnp.arange(10).reshape(2, 5)

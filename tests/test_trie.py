@@ -38,8 +38,8 @@ def test_small_layout_and_lookup():
   assert t.level_width == (3, 2)
 
 
-@pytest.mark.parametrize("variable", [False, True])
-@pytest.mark.parametrize("budget", [0, 1 << 30])
+@pytest.mark.parametrize("variable,budget", [(False, 0), (True, 0), (False, 1 << 30),
+                                             pytest.param(True, 1 << 30, marks=pytest.mark.slow)])
 def test_candidates_match_dict_trie(variable, budget):
   rng = np.random.default_rng(1)
   k, length = 6, 3
