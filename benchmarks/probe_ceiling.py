@@ -8,7 +8,8 @@ shared by k tools is right with chance 1/k under any tie-break the model did not
 This script measures, for a finished workdir:
 
   ceiling        the expected strict NDCG@1 ceiling of each probe (mean over queries of 1 / #tools with that text)
-  strict         the model's top-1 hit rate as the report scores it (trie beam search, `decode.*` of the run)
+  strict         the model's top-1 hit rate counting the probed tool only (trie beam search, `decode.*` of the run;
+                 the report's own-document probe counts every tool trained on the same text since 269e055)
   any_identical  top-1 counted right when it is any tool whose text is identical (the query cannot say more)
   unambiguous    top-1 on the probe queries whose text belongs to one tool only
   train_level2_ceiling  the best teacher-forced level-2 accuracy (given the true prefix) any model can reach on the
@@ -77,13 +78,16 @@ def main() -> None:
     qs = [q for q in queries if q.split == split]
     if not qs:
       continue
-    same = [set(q.relevant) | tools_of_text[q.text] for q in qs]
+    # Strict gold: the probed tool only (the report's own-document probe also counts tools trained on the same text,
+    # `probes.memorization_queries`, relevant[1:]).
+    gold = [set(q.relevant[:1]) if split == "memorisation" else set(q.relevant) for q in qs]
+    same = [g | tools_of_text[q.text] for g, q in zip(gold, qs)]
     top = [t[0] if len(t) else -1 for t in retriever.rank(qs, 1)]
-    hit = np.array([t in q.relevant for q, t in zip(qs, top)])
-    unamb = np.array([len(s) == len(q.relevant) for q, s in zip(qs, same)])
+    hit = np.array([t in g for g, t in zip(gold, top)])
+    unamb = np.array([len(s) == len(g) for g, s in zip(gold, same)])
     out[split] = {
-        "n": len(qs), "ceiling": round(100 * float(np.mean([min(1.0, len(q.relevant) / len(s))
-                                                             for q, s in zip(qs, same)])), 1),
+        "n": len(qs), "ceiling": round(100 * float(np.mean([min(1.0, len(g) / len(s))
+                                                             for g, s in zip(gold, same)])), 1),
         "strict": round(100 * float(hit.mean()), 1),
         "any_identical": round(100 * float(np.mean([t in s for t, s in zip(top, same)])), 1),
         "unambiguous": {"n": int(unamb.sum()), "strict": round(100 * float(hit[unamb].mean()), 1)}}
