@@ -59,7 +59,7 @@ def make_features(mcfg):
     rope = llama.rope_tables(pos, llama.rope_inv_freq(mcfg), x.dtype)
     out = []
     for i in range(mcfg.num_layers):
-      x, _ = llama._layer(mcfg, rope, x, jax.tree.map(lambda a: a[i], params["layers"]), att, None, None, None)  # pylint: disable=protected-access
+      x, _ = llama._layer(mcfg, rope, x, jax.tree.map(lambda a: a[i], params["layers"]), att, None, None)  # pylint: disable=protected-access
       if i + 1 in LAYERS:
         h = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
         w = user[..., None].astype(h.dtype)

@@ -147,6 +147,7 @@ def main() -> None:
   ap.add_argument("--tools", choices=("demo", "workdir"), default="demo")
   ap.add_argument("--tools_per_request", type=int, default=4)
   ap.add_argument("--compare", action="store_true", help="also run the previous server first, same requests")
+  ap.add_argument("--warmup", type=int, default=1, help="rounds of `concurrency` requests at once before timing")
   ap.add_argument("--max_batch", type=int, default=0, help="the new server's --max_batch (0: its default)")
   a = ap.parse_args()
   t_start, load_before = time.perf_counter(), os.getloadavg()
@@ -202,7 +203,15 @@ def run(a, legacy: bool = False) -> dict:
           lat.append(time.perf_counter() - t0)
           statuses.append(status if ok else -abs(status))
 
-    post(port, work.queue[0], max(a.timeout_s, 600.0))  # warm-up (first request compiles / imports)
+    # Warm-up, the same for both servers: `--warmup` rounds of `concurrency` requests sent at once, so that the
+    # programs of a batch's shapes compile before the clock starts (one request alone compiles batch-of-one shapes).
+    warm = bodies[:max(a.concurrency, 1)]
+    for _ in range(a.warmup):
+      ts = [threading.Thread(target=post, args=(port, raw, max(a.timeout_s, 600.0))) for raw in warm]
+      for t in ts:
+        t.start()
+      for t in ts:
+        t.join()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
     for t in threads:
@@ -229,6 +238,7 @@ def run(a, legacy: bool = False) -> dict:
     conn.close()
     result = {
         "workdir": a.workdir, "tools": a.tools, "requests": a.requests, "concurrency": a.concurrency,
+        "warmup_requests": a.warmup * max(a.concurrency, 1),
         "served_ok": served,
         "errors": a.requests - served, "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),

@@ -70,9 +70,9 @@ def config():
 
 
 def make_policy(params, config, corpus=CORPUS, **kw):
-  return ModelPolicy(params, config, CodeAwareCodec(), make_trie(), corpus, finish_id=FINISH, beam_size=4,
-                     think_max_tokens=24, arguments_max_tokens=12, system_prompt="agent",
-                     pad_multiple=256, **kw)  # few prompt shapes: few compilations
+  kw = dict(beam_size=4, think_max_tokens=24, arguments_max_tokens=12, system_prompt="agent",
+            pad_multiple=256) | kw  # few prompt shapes: few compilations
+  return ModelPolicy(params, config, CodeAwareCodec(), make_trie(), corpus, finish_id=FINISH, **kw)
 
 
 @pytest.mark.slow  # heavy compile: the fast tier keeps a lighter test of the same module
@@ -157,7 +157,7 @@ def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_t
   rich = dataclasses.replace(CORPUS[0], parameters=RICH)
   got = {}
   for reuse in (False, True):
-    policy = make_policy(params, config, reuse_cache=reuse)
+    policy = make_policy(params, config, reuse_cache=reuse, system_prompt="an agent that calls tools")
     thoughts = policy.think_batch(histories)
     ranked = policy.choose_tool_batch([(h, t, None, True) for h, t in zip(histories, thoughts)], k=4)
     args = policy.arguments_batch([(histories[0], thoughts[0], rich), (histories[1], thoughts[1], CORPUS[0]),
@@ -169,8 +169,14 @@ def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_t
   np.testing.assert_allclose([[c.score for c in r] for r in r1], [[c.score for c in r] for r in r0], atol=1e-5)
   assert set(loop.schema_lib.check_arguments(a1[0], RICH)) >= {"city", "units"}
   assert policy._prefix is not None  # the last stage's cache is kept ...
-  policy.release_cache()
-  assert policy._prefix is None  # ... until released
+  held = policy._prefix.tokens
+  policy.release_cache()  # ... until released: then one row, what every prompt of the batch started with
+  (shared,) = policy._prefix.tokens
+  assert len(shared) >= 16 and all(t[:len(shared)] == shared for t in held)
+  assert len(shared) < min(map(len, held)) and policy._prefix.cache.k.shape[1] == 1
+  assert policy.think_batch(histories) == t0  # the next batch continues from it: same thoughts as re-prefilling
+  policy.release_cache(keep_shared=False)
+  assert policy._prefix is None
   one = [policy.arguments(histories[0], t1[0], rich), policy.arguments(histories[1], t1[1], CORPUS[0])]
   assert one == a1[:2]
 

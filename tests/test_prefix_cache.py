@@ -38,6 +38,30 @@ def test_common_prefix_and_match():
   assert rows == [1, 0, 0, 0] and keep == [4, 2, 0, 1]  # at least one token fed; a limit caps the kept prefix
 
 
+def test_bucket_sizes():
+  assert [pc.bucket(n, 16) for n in (1, 16, 17, 32, 33, 48, 49, 64, 65, 96, 97, 128, 129, 200)] == \
+      [16, 16, 32, 32, 48, 48, 64, 64, 96, 96, 128, 128, 192, 256]
+  for n in range(1, 3000, 7):  # holds n, wastes at most a third beyond the first two sizes
+    b = pc.bucket(n, 32)
+    assert b >= n and b % 32 == 0 and (b <= 64 or b <= 1.5 * n)
+
+
+@pytest.mark.slow  # two more programs compile; the equality above covers the continuation itself
+def test_shared_prefix_is_one_row_and_continuing_from_it_equals_a_full_prefill(model):
+  params, config = model
+  head = _prompts(5, 1, 20, 21)[0]
+  first = [head + p for p in _prompts(6, 3, 3, 20)]
+  step1 = pc.extend(params, config, None, first, pad_id=PAD, multiple=16, extra=4)
+  shared = pc.shared(step1.prefix, multiple=16)
+  assert shared.tokens == (tuple(head),) and shared.cache.k.shape[1] == 1 and shared.cache.k.shape[2] == 32
+  assert pc.shared(step1.prefix, multiple=16, min_tokens=21) is None
+  nxt = [head + p for p in _prompts(7, 2, 5, 25)]
+  cont = pc.extend(params, config, shared, nxt, pad_id=PAD, multiple=16)
+  assert cont.keep == [20, 20]
+  ref, _ = _full(params, config, nxt, 0)
+  np.testing.assert_allclose(np.asarray(cont.last_logits)[:2], np.asarray(ref)[:2], atol=1e-5, rtol=1e-5)
+
+
 def test_extended_prompts_equal_a_full_prefill(model):
   params, config = model
   first = _prompts(0, 3, 5, 40)

@@ -123,9 +123,13 @@ class ModelPolicy(Policy):
     self._prefix: pc.PrefixCache | None = None  # the last stage's prompts (reuse_cache)
     self._prefix_of = None  # the params that cache was computed with
 
-  def release_cache(self) -> None:
-    """Drops the kept KV cache (its memory: rows x prompt length x layers)."""
-    self._prefix = self._prefix_of = None
+  def release_cache(self, keep_shared: bool = True) -> None:
+    """Drops the kept KV cache (its memory: rows x prompt length x layers) after a batch of steps, keeping only
+    (`keep_shared`) one row of the tokens all its prompts start with (`prefix_cache.shared`: the chat header and
+    system prompt), which the next batch's prompts continue from instead of prefilling it again."""
+    keep = keep_shared and self.reuse_cache and self._prefix_of is self.params
+    self._prefix = pc.shared(self._prefix, multiple=self.pad_multiple) if keep else None
+    self._prefix_of = self.params if self._prefix is not None else None
 
   def _extend(self, ids: Sequence[Sequence[int]], *, extra: int, limits=None, logprobs: bool = False,
               remember: bool = False) -> pc.Continued:
@@ -217,7 +221,7 @@ class ModelPolicy(Policy):
     or one per prompt), each cut before its first stop string (`stop`: strings for all, or a list per prompt)."""
     limits = [int(max_tokens)] * len(prompts) if np.ndim(max_tokens) == 0 else [int(m) for m in max_tokens]
     stops = [list(x) for x in stop] if stop and not isinstance(stop[0], str) else [list(stop)] * len(prompts)
-    longest = max(limits)
+    longest = pc.bucket(max(limits), 8)  # a few decode lengths, so batches share compiled programs; rows cut below
     if self.reuse_cache:
       cont = self._extend([self._ids(p) for p in prompts], extra=longest, remember=remember)
       res = constrained.generate_from(self.params, self.config, cont.last_logits, cont.prefix.cache, beam_size=1,

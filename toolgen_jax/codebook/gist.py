@@ -163,7 +163,7 @@ def masked_hidden_states(params, config: llama.LlamaConfig, x: jax.Array, positi
 
   def body(x, xs):
     lp, r = xs
-    return llama._layer(c, rope, x, lp, mask, None, None, r)[0], None
+    return llama._layer(c, rope, x, lp, mask, None, r)[0], None
 
   x, _ = jax.lax.scan(llama._remat(body, c), x, (params["layers"], rngs))
   return llama.rms_norm(x, params["final_norm"]["scale"], c.rms_norm_eps)

@@ -115,8 +115,9 @@ def beam_step(state: BeamState, t, cand_logp, cand_token, cand_next, cand_final,
 def _advance(step_fn, reorder_cache, params, cache, parent, tokens):
   """Reorders the cache to the surviving beams and runs the model on their newest tokens -> logp [Q, B, V]."""
   q, b = parent.shape
-  flat = (jnp.arange(q, dtype=jnp.int32)[:, None] * b + parent).reshape(-1)
-  cache = reorder_cache(cache, flat)
+  if b > 1:  # one beam has no other to take from: its parent is itself (skip a copy of the whole cache per token)
+    flat = (jnp.arange(q, dtype=jnp.int32)[:, None] * b + parent).reshape(-1)
+    cache = reorder_cache(cache, flat)
   logits, cache = step_fn(params, jnp.maximum(tokens, 0).reshape(q * b, 1).astype(jnp.int32), cache)
   logits = logits.reshape(q, b, -1)
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), cache
@@ -124,7 +125,8 @@ def _advance(step_fn, reorder_cache, params, cache, parent, tokens):
 
 def _expand(reorder_cache, cache, first_logits, beam_size):
   q = first_logits.shape[0]
-  cache = reorder_cache(cache, jnp.repeat(jnp.arange(q, dtype=jnp.int32), beam_size))
+  if beam_size > 1:
+    cache = reorder_cache(cache, jnp.repeat(jnp.arange(q, dtype=jnp.int32), beam_size))
   logp = jax.nn.log_softmax(first_logits.astype(jnp.float32), axis=-1)
   return cache, jnp.broadcast_to(logp[:, None, :], (q, beam_size, logp.shape[-1]))
 

@@ -13,8 +13,10 @@ of the whole prompt up to float rounding (`tests/test_prefix_cache.py`).
 
 Token prefixes, not text prefixes, are compared: a tokenizer may merge characters across the boundary of a
 prompt and its continuation, and the first differing token is where the cached computation stops being valid.
-Shapes are rounded (rows to a power of two, widths to `multiple`) so that similar batches share a compiled
-program.
+Shapes are rounded (rows to a power of two, widths and chunks by `bucket`: two sizes per octave) so that similar
+batches share a compiled program. `shared` keeps, between batches, only what every prompt starts with (the chat
+header and system prompt) as one row, so the next batch does not prefill it again (prefix caching across requests,
+as vLLM's automatic prefix caching does for a common system prompt).
 """
 
 from __future__ import annotations
@@ -85,19 +87,22 @@ def match(prefix: PrefixCache | None, prompts: Sequence[Sequence[int]],
   return rows, keep
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-max(n, 1) // m) * m
-
-
 def _pow2(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
 
-@functools.partial(jax.jit, static_argnames=("config", "width", "capacity", "logprobs"))
-def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax.Array, keep: jax.Array,
-              tokens: jax.Array, mask: jax.Array, *, width: int, capacity: int, logprobs: bool):
-  """rows, keep [R] int32; tokens, mask [R, T] left padded -> (last logits [R, V], logprobs [R, T-1] | None, cache
-  of `capacity` slots: the kept tokens packed into slots [width - keep, width), then the chunk)."""
+def bucket(n: int, m: int) -> int:
+  """The smallest of m, 2m, 3m, 4m, 6m, 8m, 12m, ... (two sizes per octave) that holds n: at most 1.5x the
+  multiple of m it replaces, so a padded prefill wastes at most a third, while similar sizes still share one
+  compiled program."""
+  u = -(-max(int(n), 1) // m)
+  p = _pow2(u)
+  return m * (p if p <= 2 or 3 * p // 4 < u else 3 * p // 4)
+
+
+def _pack_rows(cache: llama.KVCache, rows: jax.Array, keep: jax.Array, width: int, capacity: int) -> llama.KVCache:
+  """A cache of len(rows) rows and `capacity` slots: row j holds the first keep[j] real tokens of cached row
+  rows[j], packed into slots [width - keep, width); index = width, the next token's position = keep."""
   real = cache.mask[rows]  # [R, S]
   s = real.shape[1]
   order = jnp.argsort(~real, axis=1, stable=True)  # each row's real slots first, in order
@@ -108,8 +113,19 @@ def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax
   pad = ((0, 0), (0, 0), (0, capacity - width), (0, 0), (0, 0))
   k = jnp.pad(cache.k[:, src, slot], pad)  # [L, R, capacity, K, Dh]
   v = jnp.pad(cache.v[:, src, slot], pad)
-  packed = llama.KVCache(k=k, v=v, mask=jnp.pad(valid, ((0, 0), (0, capacity - width))),
-                         index=jnp.asarray(width, jnp.int32), next_pos=keep.astype(jnp.int32))
+  return llama.KVCache(k=k, v=v, mask=jnp.pad(valid, ((0, 0), (0, capacity - width))),
+                       index=jnp.asarray(width, jnp.int32), next_pos=keep.astype(jnp.int32))
+
+
+_pack = jax.jit(_pack_rows, static_argnames=("width", "capacity"))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "width", "capacity", "logprobs"))
+def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax.Array, keep: jax.Array,
+              tokens: jax.Array, mask: jax.Array, *, width: int, capacity: int, logprobs: bool):
+  """rows, keep [R] int32; tokens, mask [R, T] left padded -> (last logits [R, V], logprobs [R, T-1] | None, cache
+  of `capacity` slots: the kept tokens packed into slots [width - keep, width), then the chunk)."""
+  packed = _pack_rows(cache, rows, keep, width, capacity)
   x, new = llama.hidden_states(params, config, tokens, attention_mask=mask, cache=packed)
   last = llama.logits_from_hidden(params, config, x[:, -1])
   lp = None
@@ -119,13 +135,31 @@ def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax
   return last, lp, new
 
 
+def shared(prefix: PrefixCache | None, *, multiple: int = 32, min_tokens: int = 16) -> PrefixCache | None:
+  """The tokens every row of `prefix` starts with (for an agent's prompts: the chat header and system prompt), as
+  a one-row cache that the next batch's prompts continue from instead of prefilling them again; None when fewer
+  than `min_tokens` are shared. Its memory is one row of that many tokens (the rest of the cache is dropped)."""
+  if prefix is None or not prefix.tokens:
+    return None
+  n = min(len(t) for t in prefix.tokens)
+  for t in prefix.tokens[1:]:
+    n = min(n, common_prefix(prefix.tokens[0], t))
+  if n < min_tokens:
+    return None
+  width = bucket(n, multiple)
+  cache = _pack(prefix.cache, jnp.zeros((1,), jnp.int32), jnp.full((1,), n, jnp.int32), width=width,
+                capacity=width)
+  return PrefixCache(cache, (tuple(prefix.tokens[0][:n]),))
+
+
 def extend(params, config: llama.LlamaConfig, prefix: PrefixCache | None, prompts: Sequence[Sequence[int]], *,
            pad_id: int, multiple: int = 32, chunk_multiple: int | None = None, extra: int = 0,
            limits: Sequence[int] | None = None, logprobs: bool = False) -> Continued:
   """Runs `prompts` (token-id lists) continuing from `prefix` (None: a fresh prefill) into a cache with room for
   `extra` generated tokens. `limits` cap, per prompt, how many leading tokens may come from the cache (scoring a
-  continuation from token i needs the logits at i - 1, so the caller keeps at most i - 1). The kept width is
-  rounded up to `multiple`, the fed chunk to `chunk_multiple` (default `multiple`) times a power of two."""
+  continuation from token i needs the logits at i - 1, so the caller keeps at most i - 1). The kept width and the
+  fed chunk are rounded up by `bucket` (to `multiple`, and `chunk_multiple`, default `multiple`, times 1, 2, 3, 4,
+  6, 8, ...), the room for `extra` to a multiple of 8 likewise."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("extend: every prompt needs at least one token")
   prompts = [list(map(int, p)) for p in prompts]
@@ -136,14 +170,13 @@ def extend(params, config: llama.LlamaConfig, prefix: PrefixCache | None, prompt
   rows_p, keep_p = rows + [rows[0]] * (n - len(rows)), keep + [keep[0]] * (n - len(keep))
   chunks = [p[k:] for p, k in zip(prompts, keep)]
   chunks += [chunks[0]] * (n - len(chunks))
-  cm = chunk_multiple or multiple
-  t = cm * _pow2(-(-max(map(len, chunks)) // cm))
+  t = bucket(max(map(len, chunks)), chunk_multiple or multiple)
   tokens = np.full((n, t), pad_id, np.int32)
   mask = np.zeros((n, t), np.int32)
   for j, c in enumerate(chunks):
     tokens[j, t - len(c):], mask[j, t - len(c):] = c, 1
-  width = _round_up(max(keep_p), multiple)
-  capacity = width + t + (_round_up(extra, 8) if extra else 0)
+  width = bucket(max(keep_p), multiple)
+  capacity = width + t + (bucket(extra, 8) if extra else 0)
   last, lp, cache = _continue(params, config, prefix.cache, jnp.asarray(rows_p, jnp.int32),
                               jnp.asarray(keep_p, jnp.int32), jnp.asarray(tokens), jnp.asarray(mask), width=width,
                               capacity=capacity, logprobs=logprobs)

@@ -484,20 +484,38 @@ def _dense(x: jax.Array, p: Mapping[str, jax.Array], n_in: int, config: LlamaCon
   return y
 
 
-def _attention(q, k, v, mask, dtype):
-  """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], mask [B,T,S] bool -> [B,T,H,Dh]."""
+def _attention(q, k, v, mask, dtype, kv_old=None):
+  """Grouped-query attention. q [B,T,H,Dh], k/v [B,T',K,Dh] -> [B,T,H,Dh]; mask [B,T,T'] bool, or with
+  kv_old = (k_cache, v_cache) [B,S,K,Dh] (earlier tokens), mask [B,T,S+T'] over the cache's slots then k/v's.
+
+  The cached part is attended where it lies (one softmax over both parts' scores), not written into a copy of the
+  cache first: decoding one token then reads the cache once and writes only the new token's keys and values.
+  """
   B, T, H, Dh = q.shape
   K = k.shape[2]
   qg = q.reshape(B, T, K, H // K, Dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (Dh ** -0.5)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  if kv_old is not None:
+    old = jnp.einsum("btkgd,bskd->bkgts", qg, kv_old[0].astype(dtype), preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([old, scores], axis=-1)
+  scores = scores * (Dh ** -0.5)
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  if kv_old is None:
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  else:
+    S = kv_old[0].shape[1]
+    out = (jnp.einsum("bkgts,bskd->btkgd", probs[..., :S], kv_old[1].astype(dtype))
+           + jnp.einsum("bkgts,bskd->btkgd", probs[..., S:], v))
   return out.reshape(B, T, H, Dh)
 
 
-def _layer(config: LlamaConfig, rope, x, lp, mask, kv_in, write_index, rng):
-  """One decoder block. kv_in: None (no cache) or (k_cache, v_cache) [B, S, K, Dh]; returns (x, (k, v))."""
+def _layer(config: LlamaConfig, rope, x, lp, mask, kv_in, rng):
+  """One decoder block over a chunk x [B, T, D] -> (x, (k, v)): this chunk's keys and values [B, T, K, Dh].
+
+  kv_in: None (mask [B, T, T]) or the cache of earlier tokens (k_cache, v_cache) [B, S, K, Dh] (mask [B, T, S + T]:
+  the cache's slots, then the chunk's tokens); the caller writes the returned k, v into its cache.
+  """
   c, dt = config, x.dtype
   rngs = [None] * 7 if rng is None else list(jax.random.split(rng, 7))
   h = rms_norm(x, lp["attn_norm"]["scale"], c.rms_norm_eps)
@@ -508,11 +526,7 @@ def _layer(config: LlamaConfig, rope, x, lp, mask, kv_in, write_index, rng):
   k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
   q = apply_rope(q, *rope)
   k = apply_rope(k, *rope)
-  if kv_in is not None:
-    kc, vc = kv_in
-    k = jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), write_index, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), write_index, axis=1)
-  attn = _attention(q, k.astype(dt), v.astype(dt), mask, dt)
+  attn = _attention(q, k.astype(dt), v.astype(dt), mask, dt, kv_in)
   attn = _constrain(attn, ("activation_batch", "activation_length", "activation_heads", None))
   x = x + _dense(attn, lp["o_proj"], 2, c, rngs[3])
   x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -577,21 +591,20 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
     attention_mask = jnp.ones((B, T), bool)
   attention_mask = attention_mask.astype(bool)
   run = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1  # index of each real token within its row
+  causal = jnp.tril(jnp.ones((T, T), bool))
+  mask = causal[None] & attention_mask[:, None, :]  # [B, T, T]: within the chunk
   if cache is None:
     if positions is None:
       positions = jnp.maximum(run, 0)
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    mask = causal[None] & attention_mask[:, None, :]
-    write_index = None
   else:
     if positions is None:
       positions = cache.next_pos[:, None] + jnp.maximum(run, 0)
-    write_index = cache.index
     S = cache.max_len
-    kv_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, write_index, axis=1)
-    q_slot = write_index + jnp.arange(T)
-    causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
-    mask = causal[None] & kv_mask[:, None, :]
+    # The chunk attends over the cache's real slots written so far, then over itself (layout of `_attention`);
+    # its keys and values are written into slots [index, index + T) once, after the layers.
+    old = cache.mask & (jnp.arange(S)[None, :] < cache.index)  # [B, S]
+    mask = jnp.concatenate([jnp.broadcast_to(old[:, None, :], (B, T, S)), mask], axis=-1)  # [B, T, S + T]
+    kv_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
   # A query that is itself padding sees nothing; let it see itself so softmax stays finite (its output is unused).
   mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
 
@@ -602,7 +615,7 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
 
   def body(x, xs):
     lp, kv, r = xs
-    x, kv = _layer(c, rope, x, lp, mask, kv, write_index, r)
+    x, kv = _layer(c, rope, x, lp, mask, kv, r)
     return x, (kv if cache is not None else None)
 
   body = _remat(body, c)
@@ -633,8 +646,9 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
 
   new_cache = None
   if cache is not None:
+    write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache.index, axis=2)
     new_cache = cache.replace(
-        k=kv_out[0], v=kv_out[1], mask=kv_mask, index=cache.index + T,
+        k=write(cache.k, kv_out[0]), v=write(cache.v, kv_out[1]), mask=kv_mask, index=cache.index + T,
         next_pos=cache.next_pos + jnp.sum(attention_mask, axis=1).astype(jnp.int32))
   return x, new_cache
 

@@ -130,7 +130,7 @@ def run_layers(layers, config: llama.LlamaConfig, x: jax.Array, attention_mask: 
   rope, mask = attention_inputs(config, attention_mask, x.dtype)
 
   def body(x, lp):
-    return llama._layer(config, rope, x, lp, mask, None, None, None)[0], None  # pylint: disable=protected-access
+    return llama._layer(config, rope, x, lp, mask, None, None)[0], None  # pylint: disable=protected-access
 
   body = llama._remat(body, config)  # pylint: disable=protected-access
   return jax.lax.scan(body, x, layers)[0]
@@ -158,7 +158,7 @@ def run_layers_kv(layers, config: llama.LlamaConfig, x: jax.Array, attention_mas
   rope, mask = attention_inputs(config, attention_mask, x.dtype)
 
   def body(x, lp):
-    return llama._layer(config, rope, x, lp, mask, None, None, None)  # pylint: disable=protected-access
+    return llama._layer(config, rope, x, lp, mask, None, None)  # pylint: disable=protected-access
 
   x, (k, v) = jax.lax.scan(body, x, layers)
   return x, k, v
@@ -200,7 +200,6 @@ def code_token_states(input_rows: jax.Array, params, config: llama.LlamaConfig, 
   S, n = kv.shape[1], kv.shape[2]
   Kv, Dh = c.num_kv_heads, c.head_dim
   kv = kv.reshape(B, S, n, 2, Kv, Dh).transpose(2, 3, 0, 1, 4, 5)                 # [n, 2, B, S, Kv, Dh]
-  kv = jnp.concatenate([kv, jnp.zeros((n, 2, B, M, Kv, Dh), dt)], axis=3)        # M free slots for the codes
   positions = plen[:, None] + jnp.arange(M)[None]
   rope = llama.rope_tables(positions, llama.rope_inv_freq(c), dt)
   j, m = jnp.arange(S + M), jnp.arange(M)
@@ -208,7 +207,7 @@ def code_token_states(input_rows: jax.Array, params, config: llama.LlamaConfig, 
 
   def body(x, xs):
     lp, k, v = xs
-    return llama._layer(c, rope, x, lp, mask, (k, v), S, None)[0], None  # pylint: disable=protected-access
+    return llama._layer(c, rope, x, lp, mask, (k, v), None)[0], None  # pylint: disable=protected-access
 
   return jax.lax.scan(body, x, (params["layers"], kv[:, 0], kv[:, 1]))[0]
 
