@@ -15,9 +15,10 @@ relevant tools plus distractors, written as OpenAI tools (name and JSON schema),
 knows (the trie is restricted to them); after the load, one request carrying a tool the model has never seen measures
 the add_tools path (coding it through the codebook, vocabulary growth) and must still be served.
 
-Starts the server as a subprocess on a free loopback port, sends `--requests` valid /v1/chat/completions requests
-from `--concurrency` client threads (a fixed total: the loop is bounded), then malformed and oversized bodies, then
-checks /health. Reports requests served, errors, p50/p99 latency and throughput; the last stdout line is a JSON object.
+Starts the server as a subprocess on a free loopback port, warms it up with `--warmup` rounds of `--concurrency`
+requests sent at once (so a batch's programs compile before the clock starts; the same for both servers), sends
+`--requests` valid /v1/chat/completions requests from `--concurrency` client threads (a fixed total: the loop is
+bounded), then malformed and oversized bodies, then checks /health. Reports requests served, errors, p50/p99 latency and throughput; the last stdout line is a JSON object.
 Only 127.0.0.1 is ever contacted.
 """
 

@@ -168,6 +168,11 @@ def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_t
   assert [[c.tool for c in r] for r in r1] == [[c.tool for c in r] for r in r0] and len(r1[0]) == 4
   np.testing.assert_allclose([[c.score for c in r] for r in r1], [[c.score for c in r] for r in r0], atol=1e-5)
   assert set(loop.schema_lib.check_arguments(a1[0], RICH)) >= {"city", "units"}
+  # The action beam in row chunks (a cache budget of one row at a time) ranks as the whole batch does.
+  small = make_policy(params, config, reuse_cache=True, system_prompt="an agent that calls tools", beam_cache_bytes=1)
+  r2 = small.choose_tool_batch([(h, t, None, True) for h, t in zip(histories, t1)], k=4)
+  assert [[c.tool for c in r] for r in r2] == [[c.tool for c in r] for r in r1]
+  np.testing.assert_allclose([[c.score for c in r] for r in r2], [[c.score for c in r] for r in r1], atol=1e-5)
   assert policy._prefix is not None  # the last stage's cache is kept ...
   held = policy._prefix.tokens
   policy.release_cache()  # ... until released: then one row, what every prompt of the batch started with

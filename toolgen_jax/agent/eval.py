@@ -165,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--pad_multiple", type=int, default=128,
                   help="trained workdir: prompts are left-padded to a multiple of this (fewer compiled shapes)")
   ap.add_argument("--batch_size", type=int, default=8, help="steps decided together (one prefill and search each)")
+  ap.add_argument("--reuse_cache", action=argparse.BooleanOptionalAction, default=True,
+                  help="trained workdir: continue each step's prompts from the KV cache of the one before "
+                       "(--no-reuse_cache --batch_size=1 is the one-step-at-a-time, re-prefilling path it replaced)")
   ap.add_argument("--groups", default="", help="comma-separated trajectory groups to score (e.g. I3); '' = all")
   ap.add_argument("--subset", default="all", choices=("all", "trained", "heldout"),
                   help="with a trained workdir: only the trajectories its trajectory stage trained on (training-set "
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     policy, name, unresolved = LexicalPolicy(corpus, max_calls=100), "lexical", 0
   else:
     from toolgen_jax.agent.loader import load_backend
-    backend = load_backend(a.workdir, pad_multiple=a.pad_multiple)
+    backend = load_backend(a.workdir, pad_multiple=a.pad_multiple, reuse_cache=a.reuse_cache)
     trajs, unresolved = remap(trajs, corpus, backend.corpus)
     policy, corpus, name = backend.policy, backend.corpus, backend.name
   t0 = time.perf_counter()
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", file=sys.stderr, flush=True))
   out["seconds"] = round(time.perf_counter() - t0, 1)
   out |= {"policy": name, "data": a.data, "actions_unknown_to_model": unresolved, "groups": sorted(groups),
-          "subset": a.subset}
+          "subset": a.subset, "batch_size": a.batch_size, "reuse_cache": a.reuse_cache}
   o = out["overall"]
   scope = a.subset + (" " + ",".join(sorted(groups)) if groups else "")
   print(f"{name} [{a.setting}, {scope}] {o['steps']} steps: tool acc {o['tool_accuracy']}, recall@{a.k} "

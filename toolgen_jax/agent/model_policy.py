@@ -109,7 +109,8 @@ class ModelPolicy(Policy):
                *, finish_id: int | None, beam_size: int = 5, think_max_tokens: int = 96,
                arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
-               pad_multiple: int = 32, normalize: str = "full", reuse_cache: bool = True):
+               pad_multiple: int = 32, normalize: str = "full", reuse_cache: bool = True,
+               beam_cache_bytes: int = 2 << 30):
     if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
@@ -120,6 +121,7 @@ class ModelPolicy(Policy):
     self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
     self._dtrie = trie.device()
     self.reuse_cache = reuse_cache
+    self.beam_cache_bytes = beam_cache_bytes  # the action beam's copies of the KV cache, at most (row chunks)
     self._prefix: pc.PrefixCache | None = None  # the last stage's prompts (reuse_cache)
     self._prefix_of = None  # the params that cache was computed with
 
@@ -292,9 +294,7 @@ class ModelPolicy(Policy):
       masks += [masks[0]] * (batch - len(masks))
       tool_mask = jnp.asarray(trie_lib.tool_mask_from_ids(masks, self.num_tools))
     if self.reuse_cache:
-      res = constrained.retrieve_from(self.params, self.config, first, cache, self._dtrie,
-                                      beam_size=max(k, self.beam_size), tool_mask=tool_mask,
-                                      normalize=self.normalize)
+      res = self._retrieve_in_chunks(first, cache, tool_mask, max(k, self.beam_size))
     else:
       res = constrained.retrieve(self.params, self.config, tokens, mask, self._dtrie,
                                  beam_size=max(k, self.beam_size), tool_mask=tool_mask, normalize=self.normalize)
@@ -306,6 +306,25 @@ class ModelPolicy(Policy):
       out[i] = [ToolChoice(None if tid == self.finish_id else tid, float(sc))
                 for tid, sc in zip(tool_ids[j], scores[j]) if tid >= 0][:k]
     return out
+
+  def _retrieve_in_chunks(self, first, cache, tool_mask, beam: int):
+    """`retrieve_from` over row chunks small enough that the beam's copies of the cache (rows x beam x slots x
+    layers) stay within `beam_cache_bytes`: long histories (ToolBench observations) times a batch of 8 times 5
+    beams would otherwise need tens of GB."""
+    rows = first.shape[0]
+    per_row = beam * cache.k[:, :1].nbytes * 2  # keys and values of one row, copied per beam
+    chunk = max(1, min(rows, self.beam_cache_bytes // max(per_row, 1)))
+    chunk = 1 << (chunk.bit_length() - 1)  # a power of two, so the chunks share one compiled program
+    parts = []
+    for lo in range(0, rows, chunk):
+      sl = slice(lo, lo + chunk)
+      part = cache.replace(k=cache.k[:, sl], v=cache.v[:, sl], mask=cache.mask[sl], next_pos=cache.next_pos[sl])
+      parts.append(constrained.retrieve_from(self.params, self.config, first[sl], part, self._dtrie, beam_size=beam,
+                                             tool_mask=None if tool_mask is None else tool_mask[sl],
+                                             normalize=self.normalize))
+    if len(parts) == 1:
+      return parts[0]
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
   def arguments(self, history, thought, tool):
     return self.arguments_batch([(history, thought, tool)])[0]
