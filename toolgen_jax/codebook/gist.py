@@ -98,7 +98,7 @@ def compress(params, config: llama.LlamaConfig, content: jax.Array, content_mask
   tokens = jnp.concatenate([content, jnp.broadcast_to(gist_ids, (b, v))], 1)
   mask = jnp.concatenate([content_mask.astype(bool), jnp.ones((b, v), bool)], 1)
   cache = llama.init_cache(config, b, t + v)
-  hidden, cache = llama.hidden_states(params, config, tokens, attention_mask=mask, cache=cache)
+  hidden, cache = llama.hidden_states(params, config, tokens, attention_mask=mask, cache=cache, fresh_cache=True)
   pad = lambda a: jnp.pad(a[:, :, t:], ((0, 0), (0, 0), (0, extra_slots), (0, 0), (0, 0)))
   gist_cache = llama.KVCache(k=pad(cache.k), v=pad(cache.v),
                              mask=jnp.concatenate([jnp.ones((b, v), bool), jnp.zeros((b, extra_slots), bool)], 1),

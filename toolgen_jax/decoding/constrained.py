@@ -50,7 +50,7 @@ def prefill(params, config: llama.LlamaConfig, tokens: jax.Array, attention_mask
   """Runs the left-padded prompts [Q, T] into a fresh cache of T + max_new slots -> (logits [Q, V], cache)."""
   q, t = tokens.shape
   cache = llama.init_cache(config, q, t + max_new)
-  x, cache = llama.hidden_states(params, config, tokens, attention_mask=attention_mask, cache=cache)
+  x, cache = llama.hidden_states(params, config, tokens, attention_mask=attention_mask, cache=cache, fresh_cache=True)
   # Left padding: the last column is every row's last real token; the LM head runs on it alone.
   return llama.logits_from_hidden(params, config, x[:, -1]), cache
 

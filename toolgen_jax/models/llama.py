@@ -574,14 +574,17 @@ def embed(params: Params, config: LlamaConfig, tokens: jax.Array) -> jax.Array:
   return _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "frozen_layers"))
+@functools.partial(jax.jit, static_argnames=("config", "frozen_layers", "fresh_cache"))
 def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, positions: jax.Array | None = None,
                   attention_mask: jax.Array | None = None, cache: KVCache | None = None,
-                  dropout_rng: jax.Array | None = None, frozen_layers: int = 0) -> tuple[jax.Array, KVCache | None]:
+                  dropout_rng: jax.Array | None = None, frozen_layers: int = 0,
+                  fresh_cache: bool = False) -> tuple[jax.Array, KVCache | None]:
   """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache; `forward` without the head.
 
   frozen_layers = n > 0: the input embedding and the bottom n layers run under `stop_gradient`, so a backward pass
   stops at layer n (its cost and saved activations scale with the top layers only; the values are unchanged).
+  fresh_cache: the cache holds nothing yet (a prefill into `init_cache`): the chunk attends over itself only, not
+  over the cache's empty slots as well.
   """
   c = config
   if not 0 <= frozen_layers <= c.num_layers:
@@ -602,8 +605,9 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
     S = cache.max_len
     # The chunk attends over the cache's real slots written so far, then over itself (layout of `_attention`);
     # its keys and values are written into slots [index, index + T) once, after the layers.
-    old = cache.mask & (jnp.arange(S)[None, :] < cache.index)  # [B, S]
-    mask = jnp.concatenate([jnp.broadcast_to(old[:, None, :], (B, T, S)), mask], axis=-1)  # [B, T, S + T]
+    if not fresh_cache:
+      old = cache.mask & (jnp.arange(S)[None, :] < cache.index)  # [B, S]
+      mask = jnp.concatenate([jnp.broadcast_to(old[:, None, :], (B, T, S)), mask], axis=-1)  # [B, T, S + T]
     kv_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
   # A query that is itself padding sees nothing; let it see itself so softmax stays finite (its output is unused).
   mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
@@ -619,7 +623,7 @@ def hidden_states(params: Params, config: LlamaConfig, tokens: jax.Array, *, pos
     return x, (kv if cache is not None else None)
 
   body = _remat(body, c)
-  kv_all = None if cache is None else (cache.k, cache.v)
+  kv_all = None if cache is None or fresh_cache else (cache.k, cache.v)
 
   def stack(x, xs, n):
     if c.scan_layers:
