@@ -312,7 +312,7 @@ class ModelPolicy(Policy):
     layers) stay within `beam_cache_bytes`: long histories (ToolBench observations) times a batch of 8 times 5
     beams would otherwise need tens of GB."""
     rows = first.shape[0]
-    per_row = beam * cache.k[:, :1].nbytes * 2  # keys and values of one row, copied per beam
+    per_row = beam * 2 * cache.k.nbytes // cache.k.shape[1]  # one row's keys and values, copied per beam
     chunk = max(1, min(rows, self.beam_cache_bytes // max(per_row, 1)))
     chunk = 1 << (chunk.bit_length() - 1)  # a power of two, so the chunks share one compiled program
     parts = []
