@@ -252,6 +252,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.agent.allow_extra_arguments = False   # undeclared argument keys are an error observation
   c.agent.think_max_tokens = 96           # Thought: free text until a stop string or this many tokens
   c.agent.arguments_max_tokens = 128      # free-text Action Input budget (and per string value when constrained)
+  c.agent.draft_tokens = 1                # prompt-lookup tokens verified per decode call (0: one token per call)
 
   c.serve = ml_collections.ConfigDict()
   c.serve.host = "127.0.0.1"              # loopback by default; binding elsewhere is the user's explicit choice
@@ -442,7 +443,7 @@ RANGES = {
     "eval.bm25_k1": _NONNEG, "eval.bm25_b": _UNIT, "eval.perplexity_window": _POS, "eval.perplexity_stride": _POS,
     "eval.dense_steps": _POS, "eval.dense_batch_size": (2, None), "eval.dense_max_len": _POS,
     "agent.max_steps": _POS, "agent.max_observation_chars": _POS, "agent.max_response_bytes": _POS,
-    "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS,
+    "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS, "agent.draft_tokens": _NONNEG,
     "serve.port": (0, 65535), "serve.max_body_bytes": _POS, "serve.max_tools": _POS, "serve.max_messages": _POS,
 }
 # Strictly positive reals (a zero rate or limit is never meant).

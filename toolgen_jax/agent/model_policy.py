@@ -18,7 +18,9 @@ KV-cache reuse (`reuse_cache=True`, `decoding.prefix_cache`): each prompt of a s
 action prompt is the thought prompt plus the thought; the arguments prompt is the action prompt plus the code and
 the tool's documentation; each value is the arguments prompt plus the JSON so far), so the policy keeps the KV
 cache of the last stage's prompts and continues the next stage's from the cached row sharing the longest token
-prefix: the prompt is prefilled once per step and only what it grew by is run. `reuse_cache=False` re-prefills
+prefix: the prompt is prefilled once per step and only what it grew by is run. The thought's cache is kept with
+the thought in it (the decode loop ran those tokens already), and with reuse the free text is decoded with
+`draft_tokens` prompt-lookup drafts per call (`decoding.speculative`: the same greedy text in fewer calls). `reuse_cache=False` re-prefills
 every prompt (the reference the reuse is tested against). The cache is policy state: call `release_cache()` when
 a batch of steps is done (the serving engine does), and it is dropped when the weights change.
 The tokenizer is used through a small `TextCodec` (encode / decode / chat_text / eos_id / pad_id) so any tokenizer
@@ -41,6 +43,7 @@ from toolgen_jax.agent.policy import Policy, ToolChoice
 from toolgen_jax.data.records import Message, Tool, ToolCorpus
 from toolgen_jax.decoding import constrained
 from toolgen_jax.decoding import prefix_cache as pc
+from toolgen_jax.decoding import speculative
 from toolgen_jax.decoding import trie as trie_lib
 from toolgen_jax.models import llama
 
@@ -110,7 +113,7 @@ class ModelPolicy(Policy):
                arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
                pad_multiple: int = 32, normalize: str = "full", reuse_cache: bool = True,
-               beam_cache_bytes: int = 2 << 30):
+               beam_cache_bytes: int = 2 << 30, draft_tokens: int = 1):
     if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
@@ -121,6 +124,9 @@ class ModelPolicy(Policy):
     self.num_tools = int(max(trie.tool_ids.max(), -1 if finish_id is None else finish_id)) + 1
     self._dtrie = trie.device()
     self.reuse_cache = reuse_cache
+    if draft_tokens < 0:
+      raise ValueError(f"draft_tokens must be >= 0, got {draft_tokens}")
+    self.draft_tokens = draft_tokens  # with reuse_cache: prompt-lookup tokens verified per decode call
     self.beam_cache_bytes = beam_cache_bytes  # the action beam's copies of the KV cache, at most (row chunks)
     self._prefix: pc.PrefixCache | None = None  # the last stage's prompts (reuse_cache)
     self._prefix_of = None  # the params that cache was computed with
@@ -225,15 +231,13 @@ class ModelPolicy(Policy):
     stops = [list(x) for x in stop] if stop and not isinstance(stop[0], str) else [list(stop)] * len(prompts)
     longest = pc.bucket(max(limits), 8)  # a few decode lengths, so batches share compiled programs; rows cut below
     if self.reuse_cache:
-      cont = self._extend([self._ids(p) for p in prompts], extra=longest, remember=remember)
-      res = constrained.generate_from(self.params, self.config, cont.last_logits, cont.prefix.cache, beam_size=1,
-                                      max_len=longest, eos_id=self.codec.eos_id)
+      rows = self._generate_cached([self._ids(p) for p in prompts], longest, remember)
     else:
       tokens, mask = self._batch(prompts)
-      res = constrained.generate(self.params, self.config, tokens, mask, beam_size=1, max_len=longest,
-                                 eos_id=self.codec.eos_id)
+      rows = np.asarray(constrained.generate(self.params, self.config, tokens, mask, beam_size=1, max_len=longest,
+                                             eos_id=self.codec.eos_id).tokens)[:, 0]
     texts = []
-    for row, n, st in zip(np.asarray(res.tokens)[:len(prompts), 0].tolist(), limits, stops):
+    for row, n, st in zip(rows[:len(prompts)].tolist(), limits, stops):
       out = []
       for t in row[:n]:  # greedy rows are independent: a shorter limit is the longer one's first n tokens
         if t < 0 or t == self.codec.eos_id:
@@ -245,6 +249,25 @@ class ModelPolicy(Policy):
           text = text[:text.index(s)]
       texts.append(text)
     return texts
+
+  def _generate_cached(self, ids: list[list[int]], max_len: int, remember: bool) -> np.ndarray:
+    """Greedy tokens [R', max_len] after the prompts `ids`, continued from the kept cache and decoded with
+    `draft_tokens` prompt-lookup drafts per call; `remember` keeps the cache after the prompts *and* the generated
+    tokens run so far, so that the next prompt, which contains the text, continues after it."""
+    cont = self._extend(ids, extra=speculative.capacity(max_len, self.draft_tokens))
+    held = cont.prefix.tokens
+    width = pc.bucket(max(map(len, held)), 64)
+    context = np.full((len(held), width), -1, np.int32)  # the lookup's source: each prompt, left padded
+    for r, p in enumerate(held):
+      context[r, width - len(p):] = p
+    res = constrained.generate_drafted(self.params, self.config, cont.last_logits, cont.prefix.cache,
+                                       jnp.asarray(context), max_len=max_len, eos_id=self.codec.eos_id,
+                                       draft=self.draft_tokens)
+    tokens, fed = np.asarray(res.tokens), np.asarray(res.fed)
+    if remember:
+      text = tuple(tuple(p) + tuple(int(t) for t in tokens[r, :fed[r]]) for r, p in enumerate(held))
+      self._prefix, self._prefix_of = pc.PrefixCache(res.cache, text), self.params
+    return tokens
 
   def generate_text(self, prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> str:
     return self.generate_texts([prompt], max_tokens, stop)[0]
@@ -367,8 +390,8 @@ class ModelPolicy(Policy):
     answers: dict[int, Any] = {}
     choose = [(i, p, c) for i, (p, c) in calls.items() if c[0] == "choose"]
     text = [(i, p, c) for i, (p, c) in calls.items() if c[0] == "text"]
-    if choose:
-      scores = self.score_continuations_batch([(p + c[1], c[2]) for _, p, c in choose])
+    if choose:  # a round of choices only: keep their cache, every next prompt extends its step's chosen option
+      scores = self.score_continuations_batch([(p + c[1], c[2]) for _, p, c in choose], remember=not text)
       answers |= {i: int(np.argmax(sc)) for (i, _, _), sc in zip(choose, scores)}
     if text:
       limits = [min(self.arguments_max_tokens, max(8, c[3])) for _, _, c in text]
@@ -380,8 +403,10 @@ class ModelPolicy(Policy):
     """Sum of log-probabilities of each option's tokens after `prompt` (one batched forward pass)."""
     return self.score_continuations_batch([(prompt, options)])[0]
 
-  def score_continuations_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
-    """`score_continuations` for many (prompt, options) at once: every option of every prompt is one row."""
+  def score_continuations_batch(self, items: Sequence[tuple[str, Sequence[str]]], *,
+                                remember: bool = False) -> list[np.ndarray]:
+    """`score_continuations` for many (prompt, options) at once: every option of every prompt is one row.
+    `remember` (with reuse_cache): keep these rows' cache as the one the next prompts continue from."""
     seqs, starts, owner = [], [], []
     for j, (prompt, options) in enumerate(items):
       base = self._ids(prompt)
@@ -392,7 +417,7 @@ class ModelPolicy(Policy):
         starts.append(max(common, 1))
         owner.append(j)
     if self.reuse_cache:
-      cont = self._extend(seqs, extra=0, limits=[s - 1 for s in starts], logprobs=True)
+      cont = self._extend(seqs, extra=0, limits=[s - 1 for s in starts], logprobs=True, remember=remember)
       lp, t = np.asarray(cont.logprobs), cont.width
       flat = [float(lp[i, t - len(s) + starts[i] - 1:t - 1].sum()) for i, s in enumerate(seqs)]
     else:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toolgen_jax.decoding import beam_search as bs
+from toolgen_jax.decoding import speculative
 from toolgen_jax.decoding import trie as trie_lib
 from toolgen_jax.models import llama
 
@@ -29,6 +30,24 @@ class LlamaStep:
   def __call__(self, params, tokens: jax.Array, cache: llama.KVCache):
     logits, cache = llama.forward(params, self.config, tokens, cache=cache)
     return logits[:, -1], cache
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaVerify:
+  """`verify_fn` for `decoding.speculative`: a chunk of tokens per row through the cache -> logits of each."""
+
+  config: llama.LlamaConfig
+
+  def __call__(self, params, tokens: jax.Array, cache: llama.KVCache):
+    return llama.forward(params, self.config, tokens, cache=cache)
+
+
+def llama_accept(old: llama.KVCache, new: llama.KVCache, count: jax.Array) -> llama.KVCache:
+  """`accept_fn` for `decoding.speculative`: each row keeps the first count[i] tokens of the chunk it was fed; the
+  slots of the rest stay written but masked out (a hole the row never attends to)."""
+  slot = jnp.arange(new.max_len)[None, :]
+  hole = (slot >= old.index + count[:, None]) & (slot < new.index)
+  return new.replace(mask=new.mask & ~hole, next_pos=old.next_pos + count)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -103,3 +122,14 @@ def generate_from(params, config: llama.LlamaConfig, first_logits: jax.Array, ca
   """`generate` continuing from a cache with room for `max_len` more tokens (`prefix_cache.extend`)."""
   return bs.beam_search(LlamaStep(config), llama.reorder_cache, params, first_logits, cache, beam_size=beam_size,
                         max_len=max_len, eos_id=eos_id, alpha=alpha, unroll=unroll)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "eos_id", "draft", "ngram"))
+def generate_drafted(params, config: llama.LlamaConfig, first_logits: jax.Array, cache: llama.KVCache,
+                     context: jax.Array, *, max_len: int, eos_id: int | None = None, draft: int = 4,
+                     ngram: int = 3) -> speculative.Result:
+  """Greedy `generate_from` with prompt-lookup drafts (`decoding.speculative`; draft=0: none): the same tokens
+  in fewer model calls, and the cache after them. cache: room for `speculative.capacity(max_len, draft)` more
+  slots; context [Q, P]: the prompts' token ids, left padded with -1."""
+  return speculative.greedy(LlamaVerify(config), llama_accept, params, first_logits, cache, context,
+                            max_len=max_len, eos_id=eos_id, draft=draft, ngram=ngram)
