@@ -86,6 +86,24 @@ def test_extended_prompts_equal_a_full_prefill(model):
     np.testing.assert_allclose(got, ref[step2.keep[j]:], atol=1e-5, rtol=1e-5)
 
 
+def test_a_chunk_run_in_pieces_equals_one_pass(model):
+  params, config = model
+  prompts = _prompts(8, 3, 20, 45)
+  whole = pc.extend(params, config, None, prompts, pad_id=PAD, multiple=16, extra=4, logprobs=True)
+  parts = pc.extend(params, config, None, prompts, pad_id=PAD, multiple=16, extra=4, logprobs=True, max_piece=16)
+  assert whole.width == parts.width == 48  # three pieces of 16, the first all padding for the shorter prompts
+  np.testing.assert_allclose(np.asarray(parts.last_logits), np.asarray(whole.last_logits), atol=1e-5, rtol=1e-5)
+  for j, prompt in enumerate(prompts):  # log p of each real token after the first (padding positions mean nothing)
+    real = slice(whole.width - len(prompt), whole.width - 1)
+    np.testing.assert_allclose(np.asarray(parts.logprobs)[j, real], np.asarray(whole.logprobs)[j, real], atol=1e-5)
+  for a, b in ((parts.prefix.cache.mask, whole.prefix.cache.mask), (parts.prefix.cache.next_pos,
+                                                                    whole.prefix.cache.next_pos)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  real = np.asarray(whole.prefix.cache.mask)[None, :, :, None, None]
+  np.testing.assert_allclose(np.asarray(parts.prefix.cache.k) * real, np.asarray(whole.prefix.cache.k) * real,
+                             atol=1e-5)
+
+
 @pytest.mark.slow  # compile-bound (four programs); the fast tier keeps the logits / log-probability equality above
 def test_greedy_and_trie_beam_from_a_continued_cache_equal_re_prefill(model):
   params, config = model

@@ -120,13 +120,24 @@ def _pack_rows(cache: llama.KVCache, rows: jax.Array, keep: jax.Array, width: in
 _pack = jax.jit(_pack_rows, static_argnames=("width", "capacity"))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "width", "capacity", "logprobs"))
-def _continue(params, config: llama.LlamaConfig, cache: llama.KVCache, rows: jax.Array, keep: jax.Array,
-              tokens: jax.Array, mask: jax.Array, *, width: int, capacity: int, logprobs: bool):
-  """rows, keep [R] int32; tokens, mask [R, T] left padded -> (last logits [R, V], logprobs [R, T-1] | None, cache
-  of `capacity` slots: the kept tokens packed into slots [width - keep, width), then the chunk)."""
-  packed = _pack_rows(cache, rows, keep, width, capacity)
-  x, new = llama.hidden_states(params, config, tokens, attention_mask=mask, cache=packed)
+@functools.partial(jax.jit, static_argnames=("config", "logprobs", "piece"), donate_argnames=("packed",))
+def _continue(params, config: llama.LlamaConfig, packed: llama.KVCache, tokens: jax.Array, mask: jax.Array, *,
+              logprobs: bool, piece: int):
+  """packed: the kept tokens (`_pack`); tokens, mask [R, T] left padded -> (last logits [R, V], logprobs [R, T-1]
+  | None, the cache with the chunk after the kept tokens). The packing is a program of its own, so this one (the
+  model) compiles per (rows, slots, chunk) only, whatever shape the cache it was packed from had.
+
+  The chunk runs in pieces of at most `piece` tokens, each continuing through the cache from the one before (a
+  chunked prefill): attention scores are rows x heads x piece x (cache + piece) floats, not rows x heads x T^2 (a
+  batch of 8 ToolBench histories of ~8k tokens would need ~20 GB at once). The values are those of one pass."""
+  new = packed
+  t = tokens.shape[1]
+  xs = []
+  for a in range(0, t, piece):
+    x, new = llama.hidden_states(params, config, tokens[:, a:a + piece], attention_mask=mask[:, a:a + piece],
+                                 cache=new)
+    xs.append(x if logprobs else x[:, -1:])
+  x = jnp.concatenate(xs, axis=1)
   last = llama.logits_from_hidden(params, config, x[:, -1])
   lp = None
   if logprobs:
@@ -154,12 +165,13 @@ def shared(prefix: PrefixCache | None, *, multiple: int = 32, min_tokens: int = 
 
 def extend(params, config: llama.LlamaConfig, prefix: PrefixCache | None, prompts: Sequence[Sequence[int]], *,
            pad_id: int, multiple: int = 32, chunk_multiple: int | None = None, extra: int = 0,
-           limits: Sequence[int] | None = None, logprobs: bool = False) -> Continued:
+           limits: Sequence[int] | None = None, logprobs: bool = False, max_piece: int = 1024) -> Continued:
   """Runs `prompts` (token-id lists) continuing from `prefix` (None: a fresh prefill) into a cache with room for
   `extra` generated tokens. `limits` cap, per prompt, how many leading tokens may come from the cache (scoring a
   continuation from token i needs the logits at i - 1, so the caller keeps at most i - 1). The kept width and the
   fed chunk are rounded up by `bucket` (to `multiple`, and `chunk_multiple`, default `multiple`, times 1, 2, 3, 4,
-  6, 8, ...), the room for `extra` to a multiple of 8 likewise."""
+  6, 8, ...), the room for `extra` to a multiple of 8 likewise. A chunk longer than `max_piece` tokens runs in
+  pieces of that many (the prefill's attention memory is bounded by it)."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("extend: every prompt needs at least one token")
   prompts = [list(map(int, p)) for p in prompts]
@@ -177,8 +189,9 @@ def extend(params, config: llama.LlamaConfig, prefix: PrefixCache | None, prompt
     tokens[j, t - len(c):], mask[j, t - len(c):] = c, 1
   width = bucket(max(keep_p), multiple)
   capacity = width + t + (bucket(extra, 8) if extra else 0)
-  last, lp, cache = _continue(params, config, prefix.cache, jnp.asarray(rows_p, jnp.int32),
-                              jnp.asarray(keep_p, jnp.int32), jnp.asarray(tokens), jnp.asarray(mask), width=width,
-                              capacity=capacity, logprobs=logprobs)
+  packed = _pack(prefix.cache, jnp.asarray(rows_p, jnp.int32), jnp.asarray(keep_p, jnp.int32), width=width,
+                 capacity=capacity)
+  last, lp, cache = _continue(params, config, packed, jnp.asarray(tokens), jnp.asarray(mask), logprobs=logprobs,
+                              piece=max(1, min(t, max_piece)))
   held = tuple(tuple(p) for p in prompts) + (tuple(prompts[0]),) * (n - len(prompts))
   return Continued(PrefixCache(cache, held), last, lp, keep, t)
