@@ -16,7 +16,8 @@ knows (the trie is restricted to them); after the load, one request carrying a t
 the add_tools path (coding it through the codebook, vocabulary growth) and must still be served.
 
 Starts the server as a subprocess on a free loopback port, warms it up with `--warmup` rounds of `--concurrency`
-requests sent at once (so a batch's programs compile before the clock starts; the same for both servers), sends
+requests sent at once (so a batch's programs compile before the clock starts; the same requests for both servers;
+with --tools=workdir, rounds after the first use other queries of the dataset, to compile more shapes), sends
 `--requests` valid /v1/chat/completions requests from `--concurrency` client threads (a fixed total: the loop is
 bounded), then malformed and oversized bodies, then checks /health. Reports requests served, errors, p50/p99 latency and throughput; the last stdout line is a JSON object.
 Only 127.0.0.1 is ever contacted.
@@ -87,10 +88,10 @@ def legacy_server_file() -> pathlib.Path:
 
 
 def start_server(workdir: str, max_body_bytes: int, legacy: bool = False,
-                 max_batch: int | None = None) -> tuple[subprocess.Popen, int]:
+                 max_batch: int | None = None, server_args: str = "") -> tuple[subprocess.Popen, int]:
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   entry = [str(legacy_server_file())] if legacy else ["-m", "toolgen_jax.serve"]
-  extra = [f"--max_batch={max_batch}"] if max_batch and not legacy else []
+  extra = [] if legacy else [f"--max_batch={max_batch}"] * bool(max_batch) + server_args.split()
   proc = subprocess.Popen([sys.executable, *entry, f"--workdir={workdir}", "--host=127.0.0.1",
                            "--port=0", f"--max_body_bytes={max_body_bytes}", *extra], stdout=subprocess.PIPE,
                           text=True, env=env, cwd=ROOT)
@@ -150,6 +151,7 @@ def main() -> None:
   ap.add_argument("--compare", action="store_true", help="also run the previous server first, same requests")
   ap.add_argument("--warmup", type=int, default=1, help="rounds of `concurrency` requests at once before timing")
   ap.add_argument("--max_batch", type=int, default=0, help="the new server's --max_batch (0: its default)")
+  ap.add_argument("--server_args", default="", help="more flags for the new server (e.g. '--verbose')")
   a = ap.parse_args()
   t_start, load_before = time.perf_counter(), os.getloadavg()
   results = {}
@@ -168,7 +170,7 @@ def main() -> None:
 
 
 def run(a, legacy: bool = False) -> dict:
-  proc, port = start_server(a.workdir, a.max_body_bytes, legacy, a.max_batch)
+  proc, port = start_server(a.workdir, a.max_body_bytes, legacy, a.max_batch, a.server_args)
   try:
     work: queue.Queue = queue.Queue()
     if a.tools == "workdir":
@@ -206,8 +208,13 @@ def run(a, legacy: bool = False) -> dict:
 
     # Warm-up, the same for both servers: `--warmup` rounds of `concurrency` requests sent at once, so that the
     # programs of a batch's shapes compile before the clock starts (one request alone compiles batch-of-one shapes).
-    warm = bodies[:max(a.concurrency, 1)]
-    for _ in range(a.warmup):
+    # The first round is the first timed requests; later rounds (--tools=workdir) are other queries of the dataset,
+    # so that the shapes a server meets in steady state (prompt lengths vary) are compiled, not only those.
+    for r in range(a.warmup):
+      if r == 0 or a.tools != "workdir":
+        warm = bodies[:max(a.concurrency, 1)]
+      else:
+        warm = workdir_requests(a.workdir, max(a.concurrency, 1), a.tools_per_request, seed=1000 + r)
       ts = [threading.Thread(target=post, args=(port, raw, max(a.timeout_s, 600.0))) for raw in warm]
       for t in ts:
         t.start()

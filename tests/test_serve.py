@@ -414,3 +414,33 @@ def test_chat_cli_shows_steps_and_answers():
   assert "Thought:" in text and "Action: population" in text and "Action Input: {\"city\": \"Lyon\"}" in text
   assert "Observation:" in text and "Answer:" in text and "522250" in text
   assert "[4] today" in text and "(history cleared)" in text and "never" not in text.split("(history cleared)")[1]
+
+
+def test_the_batch_window_grows_with_the_last_batch_time():
+  """After a slow batch the engine waits a fraction of its time for more requests: two requests 0.1 s apart, which
+  a 1 ms window would decide one after the other, share a batch."""
+  backend = demo_backend()
+
+  class Slow(LexicalPolicy):
+
+    def think_batch(self, histories):
+      time.sleep(0.6)
+      return super().think_batch(histories)
+
+  backend.policy = Slow(backend.corpus)
+  srv, thread, url = serve.serve_in_thread(backend, window_s=0.001, max_batch=8)
+  srv.engine.wait_fraction, srv.engine.max_wait_s = 0.5, 0.5
+  try:
+    hp = url.split("//")[1]
+    ask = lambda q: completion(hp, [{"role": "user", "content": q}], [WEATHER, POPULATION])
+    assert ask('weather in "Paris"')[0] == 200  # alone: a batch of one, ~0.6 s
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      first = pool.submit(ask, 'weather in "Lyon"')
+      time.sleep(0.1)
+      second = pool.submit(ask, 'people in "Tokyo"')
+      assert first.result()[0] == second.result()[0] == 200
+    assert srv.engine.batches == [1, 2]
+  finally:
+    srv.shutdown()
+    thread.join(10)
+    srv.server_close()

@@ -1,7 +1,8 @@
 """The trained model as a `Policy`: Llama (toolgen_jax.models.llama) + tool-code trie (toolgen_jax.decoding).
 
 Each of the three generations of a step is a prompt in the agent chat format (`toolgen_jax.prompts`) followed by
-  think:       greedy free text (`decoding.constrained.generate`) until EOS or `think_max_tokens`;
+  think:       greedy free text (`decoding.constrained.generate`; with reuse_cache `generate_drafted`, the same text
+               in fewer model calls) until EOS or `think_max_tokens`;
   choose_tool: trie-constrained beam search (`decoding.constrained.retrieve`); candidate tools (and Finish, which is
                one more code sequence in the trie, `finish_id`) restrict the trie through a tool mask, so a tool
                outside the set cannot be decoded at all;
