@@ -265,6 +265,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.serve.read_timeout_s = 10.0           # request head and body must arrive within this (closed / 408)
   c.serve.tool_cache_size = 256           # unknown request tools kept coded at once (least recently used evicted)
   c.serve.batch_window_s = 0.005          # requests arriving within this window are decoded as one batch
+  c.serve.batch_wait_fraction = 0.02      # ... or within this fraction of the last batch's time, if longer (<= 0.25 s)
   c.serve.max_batch = 8                   # requests per batch
   c.serve.max_queue = 256                 # requests waiting for the model past this get 503
 
@@ -445,6 +446,7 @@ RANGES = {
     "agent.max_steps": _POS, "agent.max_observation_chars": _POS, "agent.max_response_bytes": _POS,
     "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS, "agent.draft_tokens": _NONNEG,
     "serve.port": (0, 65535), "serve.max_body_bytes": _POS, "serve.max_tools": _POS, "serve.max_messages": _POS,
+    "serve.batch_wait_fraction": _UNIT,
 }
 # Strictly positive reals (a zero rate or limit is never meant).
 POSITIVE = ("codebook.sinkhorn_epsilon", "codebook.learning_rate", "encoder.gist_learning_rate",

@@ -21,9 +21,10 @@ the tool's documentation; each value is the arguments prompt plus the JSON so fa
 cache of the last stage's prompts and continues the next stage's from the cached row sharing the longest token
 prefix: the prompt is prefilled once per step and only what it grew by is run. The thought's cache is kept with
 the thought in it (the decode loop ran those tokens already), and with reuse the free text is decoded with
-`draft_tokens` prompt-lookup drafts per call (`decoding.speculative`: the same greedy text in fewer calls). `reuse_cache=False` re-prefills
-every prompt (the reference the reuse is tested against). The cache is policy state: call `release_cache()` when
-a batch of steps is done (the serving engine does), and it is dropped when the weights change.
+`draft_tokens` prompt-lookup drafts per call (`decoding.speculative`: the same greedy text in fewer calls).
+`reuse_cache=False` re-prefills every prompt and decodes one token per call (the reference the reuse is tested
+against). The cache is policy state: call `release_cache()` when a batch of steps is done (the serving engine
+does), and it is dropped when the weights change.
 The tokenizer is used through a small `TextCodec` (encode / decode / chat_text / eos_id / pad_id) so any tokenizer
 with a chat template fits.
 """

@@ -1,7 +1,8 @@
 """Greedy decoding with prompt-lookup drafts: several tokens per model call, the same text as plain greedy.
 
-Decoding one token per model call reads every weight once per token; on a CPU (and at small batch on any
-accelerator) that read, not arithmetic, is the cost, so running k + 1 tokens per call costs little more than one.
+Decoding one token per model call reads every weight once per token; at small batch that read, more than the
+arithmetic, is the cost, so a call of k + 1 tokens costs less than k + 1 calls (on the 2-core CPU of BENCHMARKS.md,
+2 tokens a row cost little more than 1, while 5 cost ~1.7x: hence `agent.draft_tokens` = 1 there).
 Prompt-lookup decoding (Saxena 2023; `prompt_lookup_num_tokens` in transformers' `generate`, the "ngram"
 speculative method of vLLM) drafts those k tokens for free: it finds the latest earlier occurrence of the last
 `ngram` tokens in the prompt and the text so far and proposes the k tokens that followed it. One model call scores

@@ -65,11 +65,11 @@ class Server:
 
 def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None,
                 window_s: float = 0.005, max_batch: int = 8, max_queue: int = 256, verbose: bool = False,
-                **limit_kw) -> Server:
+                wait_fraction: float = 0.02, **limit_kw) -> Server:
   """A ready server on a bound socket (port 0 = any free port: `server.server_address`). `limit_kw` override
   fields of `Limits` (max_body_bytes, max_header_bytes, max_connections, read_timeout_s, max_tools, ...)."""
   limits = dataclasses.replace(limits or Limits(), **limit_kw)
-  engine = Engine(backend, window_s=window_s, max_batch=max_batch, max_queue=max_queue)
+  engine = Engine(backend, window_s=window_s, max_batch=max_batch, max_queue=max_queue, wait_fraction=wait_fraction)
   protocol = type("Protocol", (ReadTimeoutH11Protocol,), {"read_timeout_s": limits.read_timeout_s})
   config = uvicorn.Config(make_app(backend, engine, limits), http=protocol, lifespan="off", ws="none",
                           limit_concurrency=limits.max_connections,
@@ -107,13 +107,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_tools", "max_messages",
                "tool_cache_size", "max_batch", "max_queue"):
     ap.add_argument(f"--{name}", type=int, default=c[name])
-  for name in ("read_timeout_s", "batch_window_s"):
+  for name in ("read_timeout_s", "batch_window_s", "batch_wait_fraction"):
     ap.add_argument(f"--{name}", type=float, default=c[name])
   ap.add_argument("--verbose", action="store_true")
   a = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING)
   backend = load_backend(a.workdir, tool_cache_size=a.tool_cache_size)
-  server = make_server(backend, a.host, a.port, window_s=a.batch_window_s, max_batch=a.max_batch,
+  server = make_server(backend, a.host, a.port, window_s=a.batch_window_s, wait_fraction=a.batch_wait_fraction,
+                       max_batch=a.max_batch,
                        max_queue=a.max_queue, verbose=a.verbose, max_body_bytes=a.max_body_bytes,
                        max_header_bytes=a.max_header_bytes, max_connections=a.max_connections,
                        read_timeout_s=a.read_timeout_s, max_tools=a.max_tools, max_messages=a.max_messages)

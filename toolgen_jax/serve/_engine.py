@@ -121,8 +121,8 @@ class Engine:
 
   The window is `window_s`, or `wait_fraction` of the last batch's model time when that is longer (at most
   `max_wait_s`): clients answered together send their next requests together, but their arrivals spread over the
-  HTTP parsing and validation of each (tens of ms for a few tools), and a request that misses the window waits a
-  whole batch (seconds with a model) and then runs alone. Waiting 2% of a batch's time costs at most 2% latency; with
+  HTTP parsing and validation of each, and a request that misses the window waits a whole batch (seconds with a
+  model) and then runs alone. Waiting 2% of a batch's time costs at most 2% latency; with
   the model-free demo backend (ms per batch) the window stays `window_s`."""
 
   def __init__(self, backend: Backend, *, window_s: float = 0.005, max_batch: int = 8, max_queue: int = 256,
