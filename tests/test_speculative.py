@@ -87,10 +87,7 @@ def test_llama_drafted_greedy_equals_greedy_and_its_cache_continues_like_a_prefi
                                              beam_size=1, max_len=max_len).tokens)[:, 0]
   cont = pc.extend(params, config, None, prompts, pad_id=PAD, multiple=16,
                    extra=speculative.capacity(max_len, draft))
-  width = 32
-  ctx = np.full((len(cont.prefix.tokens), width), -1, np.int32)
-  for r, p in enumerate(cont.prefix.tokens):
-    ctx[r, width - len(p):] = p
+  ctx, _ = constrained.left_pad(cont.prefix.tokens, -1, 32)
   res = constrained.generate_drafted(params, config, cont.last_logits, cont.prefix.cache, jnp.asarray(ctx),
                                      max_len=max_len, draft=draft, ngram=2)
   np.testing.assert_array_equal(np.asarray(res.tokens), ref)

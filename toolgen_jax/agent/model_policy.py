@@ -258,10 +258,8 @@ class ModelPolicy(Policy):
     tokens run so far, so that the next prompt, which contains the text, continues after it."""
     cont = self._extend(ids, extra=speculative.capacity(max_len, self.draft_tokens))
     held = cont.prefix.tokens
-    width = pc.bucket(max(map(len, held)), 64)
-    context = np.full((len(held), width), -1, np.int32)  # the lookup's source: each prompt, left padded
-    for r, p in enumerate(held):
-      context[r, width - len(p):] = p
+    # The lookup's source: each prompt, left padded with -1 to one bucketed width.
+    context, _ = constrained.left_pad(held, -1, pc.bucket(max(map(len, held)), 64))
     res = constrained.generate_drafted(self.params, self.config, cont.last_logits, cont.prefix.cache,
                                        jnp.asarray(context), max_len=max_len, eos_id=self.codec.eos_id,
                                        draft=self.draft_tokens)
