@@ -17,7 +17,7 @@ the add_tools path (coding it through the codebook, vocabulary growth) and must 
 
 Starts the server as a subprocess on a free loopback port, warms it up with `--warmup` rounds of `--concurrency`
 requests sent at once (so a batch's programs compile before the clock starts; the same requests for both servers;
-with --tools=workdir, rounds after the first use other queries of the dataset, to compile more shapes), sends
+with --tools=workdir, other queries of the dataset than the timed ones), sends
 `--requests` valid /v1/chat/completions requests from `--concurrency` client threads (a fixed total: the loop is
 bounded), then malformed and oversized bodies, then checks /health. Reports requests served, errors, p50/p99 latency and throughput; the last stdout line is a JSON object.
 Only 127.0.0.1 is ever contacted.
@@ -208,10 +208,11 @@ def run(a, legacy: bool = False) -> dict:
 
     # Warm-up, the same for both servers: `--warmup` rounds of `concurrency` requests sent at once, so that the
     # programs of a batch's shapes compile before the clock starts (one request alone compiles batch-of-one shapes).
-    # The first round is the first timed requests; later rounds (--tools=workdir) are other queries of the dataset,
-    # so that the shapes a server meets in steady state (prompt lengths vary) are compiled, not only those.
+    # With --tools=workdir every round is other queries of the dataset (seeds 1000 + round), never the timed ones:
+    # the shapes a server meets in steady state (prompt lengths vary) are compiled, and nothing a server keeps from
+    # a request (the drafts' memory of earlier outputs) has seen a timed request before the clock starts.
     for r in range(a.warmup):
-      if r == 0 or a.tools != "workdir":
+      if a.tools != "workdir":
         warm = bodies[:max(a.concurrency, 1)]
       else:
         warm = workdir_requests(a.workdir, max(a.concurrency, 1), a.tools_per_request, seed=1000 + r)
@@ -250,7 +251,8 @@ def run(a, legacy: bool = False) -> dict:
         "served_ok": served,
         "errors": a.requests - served, "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
-        "throughput_rps": round(a.requests / wall, 3), "answers": kinds, "unseen_tool_request": unseen,
+        "throughput_rps": round(a.requests / wall, 3), "answers": kinds,
+        "distinct_queries": len({json.loads(b)["messages"][-1]["content"] for b in bodies}), "unseen_tool_request": unseen,
         "malformed_json": [bad_json_status, bad_json["error"]["message"][:60]],
         "oversized_body": [big_status, big["error"]["message"][:60]],
         "malformed_field": [bad_field_status, bad_field["error"]["message"][:60]],

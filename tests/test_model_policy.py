@@ -186,6 +186,27 @@ def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_t
   assert one == a1[:2]
 
 
+
+def test_drafts_from_earlier_outputs_change_no_text_and_save_calls(config):
+  """The drafts are also looked up in what the policy generated before (`draft_memory`): the texts are greedy's
+  with or without that memory, and a thought like an earlier one takes fewer model calls."""
+  params = llama.init_params(config, jax.random.PRNGKey(5))
+  histories = [(Message("user", 'weather in "Paris"'),), (Message("user", 'people in "Oslo"'),)]
+  plain = make_policy(params, config, draft_tokens=2, draft_memory=0)
+  ref = plain.think_batch(histories)
+  first_calls = plain.decode_calls
+  plain.release_cache()
+  assert plain.think_batch(histories) == ref and plain.decode_calls == 2 * first_calls  # no memory: no saving
+  policy = make_policy(params, config, draft_tokens=2, draft_memory=64)
+  assert policy.think_batch(histories) == ref and policy.decode_calls == first_calls  # an empty memory drafts alike
+  assert policy._memory[0] == -1 and 0 < len(policy._memory) <= 64
+  policy.release_cache()
+  assert policy.think_batch(histories) == ref
+  assert policy.decode_calls - first_calls < first_calls
+  assert len(policy._memory) == 64  # bounded: the oldest tokens are dropped
+  with pytest.raises(ValueError, match="draft_memory"):
+    make_policy(params, config, draft_memory=-1)
+
 EPISODES = [
     ('weather in "Paris"', [("check weather", 0, '{"city": "Paris"}', '{"temp": 21}')], "21 degrees"),
     ('people in "Oslo"', [("check people", 1, '{"city": "Oslo"}', '{"people": 7}'),

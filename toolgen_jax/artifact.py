@@ -268,7 +268,11 @@ def load_trained(workdir) -> Trained:
   config = load_config(root)
   raw = json.loads((mdir / "llama_config.json").read_text())
   mcfg = llama.LlamaConfig(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in raw.items()})
-  abstract = jax.eval_shape(lambda: llama.init_params(mcfg, jax.random.PRNGKey(0)))
+  # Restored onto the default device as jax Arrays: without a sharding orbax returns NumPy arrays, which every
+  # jitted call would copy to the device again (538 MB, ~0.15 s a call for SmolLM2-135M on CPU).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          jax.eval_shape(lambda: llama.init_params(mcfg, jax.random.PRNGKey(0))))
   params = ocp.StandardCheckpointer().restore((mdir / "params").absolute(), abstract)
   tok = tok_lib.load_tokenizer(mdir / "tokenizer")
   start = json.loads((mdir / "model.json").read_text())["new_token_start"]

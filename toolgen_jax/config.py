@@ -253,6 +253,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.agent.think_max_tokens = 96           # Thought: free text until a stop string or this many tokens
   c.agent.arguments_max_tokens = 128      # free-text Action Input budget (and per string value when constrained)
   c.agent.draft_tokens = 1                # prompt-lookup tokens verified per decode call (0: one token per call)
+  c.agent.draft_memory = 1024             # tokens of earlier outputs the drafts are also looked up in (0: none)
 
   c.serve = ml_collections.ConfigDict()
   c.serve.host = "127.0.0.1"              # loopback by default; binding elsewhere is the user's explicit choice
@@ -445,6 +446,7 @@ RANGES = {
     "eval.dense_steps": _POS, "eval.dense_batch_size": (2, None), "eval.dense_max_len": _POS,
     "agent.max_steps": _POS, "agent.max_observation_chars": _POS, "agent.max_response_bytes": _POS,
     "agent.think_max_tokens": _POS, "agent.arguments_max_tokens": _POS, "agent.draft_tokens": _NONNEG,
+    "agent.draft_memory": _NONNEG,
     "serve.port": (0, 65535), "serve.max_body_bytes": _POS, "serve.max_tools": _POS, "serve.max_messages": _POS,
     "serve.batch_wait_fraction": _UNIT,
 }

@@ -43,7 +43,8 @@ def load_model_backend(workdir: pathlib.Path, *, tool_cache_size: int = 256, **p
   kw = dict(beam_size=int(c.decode.beam_size), normalize=str(c.decode.normalize)) | (
       dict(think_max_tokens=int(c.agent.think_max_tokens), arguments_max_tokens=int(c.agent.arguments_max_tokens),
            constrained_arguments=bool(c.agent.constrained_arguments),
-           draft_tokens=int(c.agent.get("draft_tokens", 1))) if "agent" in c else {}) | policy_kw
+           draft_tokens=int(c.agent.get("draft_tokens", 1)),
+           draft_memory=int(c.agent.get("draft_memory", 1024))) if "agent" in c else {}) | policy_kw
   eot = prompts.end_of_turn_id(m.tokenizer)
   policy = model_policy.ModelPolicy(m.params, m.config, model_policy.HFCodec(m.tokenizer, eos_id=eot), trie, corpus,
                                     finish_id=finish_id, **kw)

@@ -21,7 +21,12 @@ the tool's documentation; each value is the arguments prompt plus the JSON so fa
 cache of the last stage's prompts and continues the next stage's from the cached row sharing the longest token
 prefix: the prompt is prefilled once per step and only what it grew by is run. The thought's cache is kept with
 the thought in it (the decode loop ran those tokens already), and with reuse the free text is decoded with
-`draft_tokens` prompt-lookup drafts per call (`decoding.speculative`: the same greedy text in fewer calls).
+`draft_tokens` prompt-lookup drafts per call (`decoding.speculative`: the same greedy text in fewer calls). The
+drafts are looked up in the prompt, the text so far and the last `draft_memory` tokens this policy generated
+(earlier thoughts and argument values: an agent's outputs repeat phrases across steps and requests, as
+SuffixDecoding, Oliaro et al. 2024, drafts from previous outputs). A draft never changes the text, only how many
+calls it takes; what the memory does reveal is timing (a text like an earlier one decodes faster), as prefix
+caching does.
 `reuse_cache=False` re-prefills every prompt and decodes one token per call (the reference the reuse is tested
 against). The cache is policy state: call `release_cache()` when a batch of steps is done (the serving engine
 does), and it is dropped when the weights change.
@@ -115,7 +120,7 @@ class ModelPolicy(Policy):
                arguments_max_tokens: int = 128,
                constrained_arguments: bool = True, system_prompt: str | None = fmt.SYSTEM_PROMPT,
                pad_multiple: int = 32, normalize: str = "full", reuse_cache: bool = True,
-               beam_cache_bytes: int = 2 << 30, draft_tokens: int = 1):
+               beam_cache_bytes: int = 2 << 30, draft_tokens: int = 1, draft_memory: int = 1024):
     if finish_id is not None and finish_id not in set(trie.live_tool_ids.tolist()):
       raise ValueError(f"finish_id={finish_id} is not a live tool id of the trie (Finish needs its own codes)")
     self.params, self.config, self.codec, self.trie, self.corpus = params, config, codec, trie, corpus
@@ -129,9 +134,14 @@ class ModelPolicy(Policy):
     if draft_tokens < 0:
       raise ValueError(f"draft_tokens must be >= 0, got {draft_tokens}")
     self.draft_tokens = draft_tokens  # with reuse_cache: prompt-lookup tokens verified per decode call
+    if draft_memory < 0:
+      raise ValueError(f"draft_memory must be >= 0, got {draft_memory}")
+    self.draft_memory = draft_memory  # tokens of earlier generations the drafts are also looked up in
+    self._memory: list[int] = []  # those tokens, -1 between texts (at most draft_memory)
     self.beam_cache_bytes = beam_cache_bytes  # the action beam's copies of the KV cache, at most (row chunks)
     self._prefix: pc.PrefixCache | None = None  # the last stage's prompts (reuse_cache)
     self._prefix_of = None  # the params that cache was computed with
+    self.decode_calls = 0  # model calls of the free-text decoding so far (reuse_cache), for benchmarks
 
   def release_cache(self, keep_shared: bool = True) -> None:
     """Drops the kept KV cache (its memory: rows x prompt length x layers) after a batch of steps, keeping only
@@ -258,12 +268,24 @@ class ModelPolicy(Policy):
     tokens run so far, so that the next prompt, which contains the text, continues after it."""
     cont = self._extend(ids, extra=speculative.capacity(max_len, self.draft_tokens))
     held = cont.prefix.tokens
-    # The lookup's source: each prompt, left padded with -1 to one bucketed width.
+    # The lookup's source: the memory of earlier generations (a fixed width, so its growth compiles nothing new),
+    # then each prompt, left padded with -1 to one bucketed width; the latest match wins, so a row's own prompt
+    # and text come before the memory.
     context, _ = constrained.left_pad(held, -1, pc.bucket(max(map(len, held)), 64))
+    if self.draft_tokens and self.draft_memory:
+      memory = np.full((len(held), self.draft_memory), -1, np.int32)
+      if self._memory:
+        memory[:, -len(self._memory):] = self._memory
+      context = np.concatenate([memory, context], axis=1)
     res = constrained.generate_drafted(self.params, self.config, cont.last_logits, cont.prefix.cache,
                                        jnp.asarray(context), max_len=max_len, eos_id=self.codec.eos_id,
                                        draft=self.draft_tokens)
     tokens, fed = np.asarray(res.tokens), np.asarray(res.fed)
+    self.decode_calls += int(res.calls)
+    if self.draft_tokens and self.draft_memory:
+      for row in tokens[:len(ids)].tolist():
+        self._memory += [-1] + [t for t in row if t >= 0]
+      self._memory = self._memory[-self.draft_memory:]
     if remember:
       text = tuple(tuple(p) + tuple(int(t) for t in tokens[r, :fed[r]]) for r, p in enumerate(held))
       self._prefix, self._prefix_of = pc.PrefixCache(res.cache, text), self.params

@@ -109,10 +109,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(f"--{name}", type=int, default=c[name])
   for name in ("read_timeout_s", "batch_window_s", "batch_wait_fraction"):
     ap.add_argument(f"--{name}", type=float, default=c[name])
+  for name in ("draft_tokens", "draft_memory"):  # the policy's decoding (default: the workdir's agent config)
+    ap.add_argument(f"--{name}", type=int, default=None)
   ap.add_argument("--verbose", action="store_true")
   a = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING)
-  backend = load_backend(a.workdir, tool_cache_size=a.tool_cache_size)
+  decoding = {k: getattr(a, k) for k in ("draft_tokens", "draft_memory") if getattr(a, k) is not None}
+  if decoding and a.workdir == "demo":
+    ap.error("--draft_tokens / --draft_memory need a trained --workdir (the demo backend has no model)")
+  backend = load_backend(a.workdir, tool_cache_size=a.tool_cache_size, **decoding)
   server = make_server(backend, a.host, a.port, window_s=a.batch_window_s, wait_fraction=a.batch_wait_fraction,
                        max_batch=a.max_batch,
                        max_queue=a.max_queue, verbose=a.verbose, max_body_bytes=a.max_body_bytes,

@@ -90,7 +90,9 @@ def decide_batch(backend: Backend, steps: Sequence[_Step]) -> list[loop.Decision
   """One step of each request, batched through the policy (a step whose own arguments or validation raised gets
   its exception). Call with `backend.lock` held."""
   policy = backend.policy
+  t0 = time.monotonic()
   thoughts = policy.think_batch([s.history for s in steps])
+  t1 = time.monotonic()
   ranked = policy.choose_tool_batch([(s.history, t, s.candidates, s.allow_finish) for s, t in zip(steps, thoughts)],
                                     k=1)
   # The tool each step's `decide` will take, and its arguments for all steps in one batched call.
@@ -99,12 +101,15 @@ def decide_batch(backend: Backend, steps: Sequence[_Step]) -> list[loop.Decision
     c = loop.first_allowed(r, backend.corpus, candidates=s.candidates, allow_finish=s.allow_finish)
     tools.append(None if c is None else fmt.FINISH_TOOL if c.tool is None else backend.corpus[c.tool])
   todo = [i for i, t in enumerate(tools) if t is not None]
+  t2 = time.monotonic()
   args: list[str | None] = [None] * len(steps)
   try:
     for i, a in zip(todo, policy.arguments_batch([(steps[i].history, thoughts[i], tools[i]) for i in todo])):
       args[i] = a
   except Exception:  # noqa: BLE001  (each step then fills its own, so one step's failure stays its own)
     args = [None] * len(steps)
+  log.info("batch of %d: thought %.2f s, action %.2f s, arguments %.2f s", len(steps), t1 - t0, t2 - t1,
+            time.monotonic() - t2)
   out: list[loop.Decision | Exception] = []
   for s, t, r, tool, a in zip(steps, thoughts, ranked, tools, args):
     try:
