@@ -61,7 +61,10 @@ QUERIES = ['weather in "Paris"', 'how many people live in "Tokyo"', 'is it warm 
 def post(port: int, raw: bytes, timeout: float) -> tuple[int, dict]:
   conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
   try:
-    conn.request("POST", "/v1/chat/completions", body=raw, headers={"Content-Type": "application/json"})
+    try:
+      conn.request("POST", "/v1/chat/completions", body=raw, headers={"Content-Type": "application/json"})
+    except (BrokenPipeError, ConnectionResetError):
+      pass  # the server answered (e.g. 413 on the declared length) and closed before the body was all sent
     r = conn.getresponse()
     return r.status, json.loads(r.read() or b"null")
   finally:

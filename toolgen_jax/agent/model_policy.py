@@ -269,8 +269,8 @@ class ModelPolicy(Policy):
     cont = self._extend(ids, extra=speculative.capacity(max_len, self.draft_tokens))
     held = cont.prefix.tokens
     # The lookup's source: the memory of earlier generations (a fixed width, so its growth compiles nothing new),
-    # then each prompt, left padded with -1 to one bucketed width; the latest match wins, so a row's own prompt
-    # and text come before the memory.
+    # then each prompt, left padded with -1 to one bucketed width. The latest match of the longest n-gram wins, so
+    # a match in the row's own prompt or text is taken over an equally long one in the memory.
     context, _ = constrained.left_pad(held, -1, pc.bucket(max(map(len, held)), 64))
     if self.draft_tokens and self.draft_memory:
       memory = np.full((len(held), self.draft_memory), -1, np.int32)
