@@ -20,6 +20,9 @@ requests sent at once (so a batch's programs compile before the clock starts; th
 with --tools=workdir, other queries of the dataset than the timed ones), sends
 `--requests` valid /v1/chat/completions requests from `--concurrency` client threads (a fixed total: the loop is
 bounded), then malformed and oversized bodies, then checks /health. Reports requests served, errors, p50/p99 latency and throughput; the last stdout line is a JSON object.
+`--compilation_cache_dir=D` gives both servers JAX's persistent compilation cache in D: a run after another reads
+back the programs the first compiled (the steady state of a server restarted on a machine that served before),
+where a first run compiles every shape it meets, some during the timed requests.
 Only 127.0.0.1 is ever contacted.
 """
 
@@ -91,8 +94,11 @@ def legacy_server_file() -> pathlib.Path:
 
 
 def start_server(workdir: str, max_body_bytes: int, legacy: bool = False,
-                 max_batch: int | None = None, server_args: str = "") -> tuple[subprocess.Popen, int]:
+                 max_batch: int | None = None, server_args: str = "",
+                 compilation_cache_dir: str = "") -> tuple[subprocess.Popen, int]:
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  if compilation_cache_dir:  # JAX's persistent compilation cache: programs compiled by an earlier run are read back
+    env |= {"JAX_COMPILATION_CACHE_DIR": compilation_cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
   entry = [str(legacy_server_file())] if legacy else ["-m", "toolgen_jax.serve"]
   extra = [] if legacy else [f"--max_batch={max_batch}"] * bool(max_batch) + server_args.split()
   proc = subprocess.Popen([sys.executable, *entry, f"--workdir={workdir}", "--host=127.0.0.1",
@@ -155,6 +161,9 @@ def main() -> None:
   ap.add_argument("--warmup", type=int, default=1, help="rounds of `concurrency` requests at once before timing")
   ap.add_argument("--max_batch", type=int, default=0, help="the new server's --max_batch (0: its default)")
   ap.add_argument("--server_args", default="", help="more flags for the new server (e.g. '--verbose')")
+  ap.add_argument("--compilation_cache_dir", default="",
+                  help="JAX's persistent compilation cache for both servers (a second run reads what the first "
+                       "compiled: a restarted server's steady state); empty: off")
   a = ap.parse_args()
   t_start, load_before = time.perf_counter(), os.getloadavg()
   results = {}
@@ -168,12 +177,13 @@ def main() -> None:
            "p50_ratio": round(results["legacy"]["p50_ms"] / max(results["new"]["p50_ms"], 1e-9), 2),
            "p95_ratio": round(results["legacy"]["p95_ms"] / max(results["new"]["p95_ms"], 1e-9), 2)}
   out |= {"wall_s": round(time.perf_counter() - t_start, 1), "load_before": [round(x, 2) for x in load_before],
-          "load_after": [round(x, 2) for x in os.getloadavg()]}
+          "load_after": [round(x, 2) for x in os.getloadavg()], "compilation_cache_dir": a.compilation_cache_dir}
   print(json.dumps(out))
 
 
 def run(a, legacy: bool = False) -> dict:
-  proc, port = start_server(a.workdir, a.max_body_bytes, legacy, a.max_batch, a.server_args)
+  proc, port = start_server(a.workdir, a.max_body_bytes, legacy, a.max_batch, a.server_args,
+                            a.compilation_cache_dir)
   try:
     work: queue.Queue = queue.Queue()
     if a.tools == "workdir":

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -129,6 +130,8 @@ def test_toolscaler_post_guided_refinement_runs_in_the_pipeline(tmp_path):
   np.testing.assert_array_equal(final.codes, cb_lib.load(tmp_path / "codebook_refine0").codes)
   trained = artifact.load_trained(tmp_path)
   np.testing.assert_array_equal(trained.codebook.codes, final.codes)
+  # Restored as device arrays: host (NumPy) weights would be copied to the device on every jitted call.
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(trained.model.params))
   # New tools are coded through the trained model's own embedding (the quantiser's input space).
   from toolgen_jax.data.records import Tool
   new = [Tool(id=-1, tool_name="brand_new", api_name=f"fn{i}", category="misc", description=f"does thing {i}")
