@@ -186,7 +186,6 @@ def test_kv_cache_reuse_equals_re_prefill_and_batched_arguments_equal_one_at_a_t
   assert one == a1[:2]
 
 
-
 def test_drafts_from_earlier_outputs_change_no_text_and_save_calls(config):
   """The drafts are also looked up in what the policy generated before (`draft_memory`): the texts are greedy's
   with or without that memory, and a thought like an earlier one takes fewer model calls."""
@@ -206,6 +205,7 @@ def test_drafts_from_earlier_outputs_change_no_text_and_save_calls(config):
   assert len(policy._memory) == 64  # bounded: the oldest tokens are dropped
   with pytest.raises(ValueError, match="draft_memory"):
     make_policy(params, config, draft_memory=-1)
+
 
 EPISODES = [
     ('weather in "Paris"', [("check weather", 0, '{"city": "Paris"}', '{"temp": 21}')], "21 degrees"),
