@@ -30,58 +30,55 @@ def main() -> None:
   ap.add_argument("--drafts", default="1,2")
   ap.add_argument("--memory", type=int, default=1024)
   a = ap.parse_args()
-  import jax.numpy as jnp
   from serve_load import workdir_requests
   from toolgen_jax.agent.loader import load_backend
-  from toolgen_jax.decoding import constrained, prefix_cache as pc, speculative
   from toolgen_jax.serve import _engine, _requests
-  backend = load_backend(a.workdir)
+  backend = load_backend(a.workdir, draft_memory=a.memory)
   pol = backend.policy
   engine = _engine.Engine(backend, max_batch=4)
   bodies = workdir_requests(a.workdir, 4 * a.batches, 4)
 
   def prompts(batch):
-    texts, ids = [], []
+    texts, chats = [], []
     for raw in batch:
       req = _requests.validate(_requests.parse_json(raw), max_tools=128, max_messages=256)
       tools = _requests.request_tools(req)
       mode, forced = _requests.tool_choice(req, tools)
       step = engine._prepare(_engine.Job(req, tools, mode, forced))
       texts.append(req.messages[-1].content)
-      ids.append(pol._ids(pol.codec.chat_text(pol._turns(step.history, "think"))))
-    return texts, ids
+      chats.append(pol.codec.chat_text(pol._turns(step.history, "think")))
+    return texts, chats
 
-  def decode(ids, memory, draft):
-    cont = pc.extend(pol.params, pol.config, None, ids, pad_id=pol.codec.pad_id, multiple=pol.pad_multiple,
-                     chunk_multiple=16, extra=speculative.capacity(pol.think_max_tokens, draft))
-    context, _ = constrained.left_pad(cont.prefix.tokens, -1, pc.bucket(max(map(len, cont.prefix.tokens)), 64))
-    mem = np.full((len(context), a.memory), -1, np.int32)
-    if memory:
-      mem[:, -len(memory):] = memory[-a.memory:]
-    res = constrained.generate_drafted(pol.params, pol.config, cont.last_logits, cont.prefix.cache,
-                                       jnp.asarray(np.concatenate([mem, context], axis=1)),
-                                       max_len=pol.think_max_tokens, eos_id=pol.codec.eos_id, draft=draft)
-    rows = np.asarray(res.tokens)[:len(ids)].tolist()
-    return int(res.calls), [[t for t in r if t >= 0] for r in rows]
+  def decode(chats, memory, draft):
+    """The policy's own thought decode (`generate_texts`) with its memory set to `memory`: (calls, texts, the
+    memory after it: with an empty one before, -1 then each row's generated tokens)."""
+    pol.draft_tokens, pol._memory = draft, list(memory[-a.memory:])
+    before = pol.decode_calls
+    out = pol.generate_texts(chats, pol.think_max_tokens)
+    pol.release_cache(keep_shared=False)
+    return pol.decode_calls - before, out, list(pol._memory)
 
   drafts = [int(d) for d in a.drafts.split(",")]
   seen: list[tuple[str, list[int]]] = []
   calls = {d: {"none": [], "other_queries": [], "all_earlier": []} for d in drafts}
   for b in range(a.batches):
-    texts, ids = prompts(bodies[4 * b:4 * b + 4])
+    texts, chats = prompts(bodies[4 * b:4 * b + 4])
     other = [t for q, o in seen if q not in texts for t in [-1] + o]
     every = [t for _, o in seen for t in [-1] + o]
     outs = None
     for d in drafts:
       for name, memory in (("none", []), ("other_queries", other), ("all_earlier", every)):
-        n, got = decode(ids, memory[-a.memory:], d)
+        n, got, after = decode(chats, memory, d)
+        if name == "none":  # each row's generated tokens, as the policy keeps them
+          starts = [i for i, t in enumerate(after) if t == -1] + [len(after)]
+          rows = [after[i + 1:j] for i, j in zip(starts, starts[1:])]
         if outs is not None and got != outs:
           raise SystemExit(f"batch {b}: the texts differ with draft={d}, memory={name}")
         outs = got
         calls[d][name].append(n)
     print(f"batch {b}: " + "; ".join(f"draft {d}: " + ", ".join(f"{k} {v[-1]}" for k, v in calls[d].items())
                                      for d in drafts), file=sys.stderr, flush=True)
-    seen += list(zip(texts, outs))
+    seen += list(zip(texts, rows))
   summary = {f"draft_{d}": {k: {"calls": v, "mean": round(float(np.mean(v)), 1)} for k, v in c.items()}
              for d, c in calls.items()}
   print(json.dumps({"workdir": a.workdir, "batches": a.batches, "memory_tokens": a.memory,
