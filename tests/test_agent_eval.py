@@ -127,3 +127,36 @@ def test_lexical_baseline_on_toolbench_answers(shared_data):
   assert o["argument_validity"] == 1.0  # schema-constrained generation is valid by construction
   assert o["gold_argument_validity"] == 1.0
   json.dumps(out)
+
+
+def test_lockstep_batches_hold_the_next_step_of_each_trajectory_and_refill_ended_rows():
+  """Batched replay sends, per batch, the next step of up to batch_size trajectories (shortest first), a row freed
+  by a trajectory that ended taken at once by the next: every step once, each trajectory's steps in order and
+  one batch apart (so a step continues from its previous step's KV cache), and the same figures at any batch size."""
+  long = traj("I1/long", [(0, '{"city": "A"}'), (1, '{"city": "B"}'), (0, '{"city": "C"}'),
+                          (None, fmt.finish_input("a much longer final answer " * 20))])
+  trajs = [long] + TRAJS
+  per = []
+  for t in trajs:
+    messages, _ = fmt.known_steps(t.messages)
+    per.append([(t, i, m, messages[:i], None) for i, m in enumerate(messages) if m.role == "assistant"])
+  batches = list(agent_eval._lockstep_batches(per, 2))
+  seen = [(s[0].id, s[1]) for b in batches for s in b]
+  assert sorted(seen) == sorted((s[0].id, s[1]) for steps in per for s in steps)  # every step exactly once
+  for b in batches:
+    assert 1 <= len(b) <= 2 and len({s[0].id for s in b}) == len(b)  # one step per trajectory per batch
+  where = {}
+  for k, b in enumerate(batches):
+    for s in b:
+      where.setdefault(s[0].id, []).append((k, s[1]))
+  for tid, at in where.items():  # consecutive batches, steps in order
+    assert [k for k, _ in at] == list(range(at[0][0], at[0][0] + len(at))), tid
+    assert [i for _, i in at] == sorted(i for _, i in at), tid
+  assert batches[0][0][0].id != "I1/long"  # shortest first
+  # 2, 3 and 4 steps: b's row goes to the long one as soon as b ends (a fourth trajectory has no known step)
+  assert [[(s[0].id, s[1]) for s in b] for b in batches][:3] == [
+      [("I2/b", 1), ("I1/a", 1)], [("I2/b", 3), ("I1/a", 3)], [("I1/a", 5), ("I1/long", 1)]]
+  assert [len(b) for b in batches] == [2, 2, 2, 1, 1, 1]
+  one = agent_eval.evaluate(Oracle(trajs), trajs, CORPUS, batch_size=1)
+  two = agent_eval.evaluate(Oracle(trajs), trajs, CORPUS, batch_size=2)
+  assert one == two and one["overall"]["steps"] == sum(map(len, per))

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from toolgen_jax import prompts as fmt
 from toolgen_jax.agent import schema as schema_lib
 from toolgen_jax.agent.policy import Policy
-from toolgen_jax.data.records import ToolCorpus, Trajectory
+from toolgen_jax.data.records import Message, ToolCorpus, Trajectory
 
 
 @dataclasses.dataclass
@@ -87,20 +87,21 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
   True asks the policy for its own. Steps are decided `batch_size` at a time through the policy's batched calls
   (`think_batch`, `choose_tool_batch`, `arguments_batch`: one prefill and one constrained search per batch for a
   model policy, its arguments filled in lockstep, each prompt continuing the previous one's KV cache), so the
-  figures are those of one step at a time, computed together. Returns {'overall': ..., 'by_group': {...},
-  'skipped_unresolved': n}."""
+  figures are those of one step at a time, computed together. A batch holds the next step of `batch_size`
+  trajectories (`_lockstep_batches`), so each step continues from its trajectory's previous step's cache.
+  Returns {'overall': ..., 'by_group': {...}, 'skipped_unresolved': n}."""
   if setting not in ("gt_tools", "all"):
     raise ValueError(f"setting must be gt_tools|all, got {setting!r}")
-  steps = []  # (trajectory, step index, gold message, history, candidates)
+  per_traj = []  # per trajectory: its steps (trajectory, step index, gold message, history, candidates)
   skipped = 0
   for traj in trajectories:
     candidates = list(traj.tools) if setting == "gt_tools" else None
     messages, n = fmt.known_steps(traj.messages)  # the history training saw: unknown-action steps left out
     skipped += n
-    steps += [(traj, i, m, messages[:i], candidates) for i, m in enumerate(messages) if m.role == "assistant"]
+    per_traj.append([(traj, i, m, messages[:i], candidates) for i, m in enumerate(messages)
+                     if m.role == "assistant"])
   totals: dict[str, _Counts] = defaultdict(_Counts)
-  for start in range(0, len(steps), max(batch_size, 1)):
-    batch = steps[start:start + max(batch_size, 1)]
+  for batch in _lockstep_batches(per_traj, max(batch_size, 1)):
     thoughts = (policy.think_batch([h for _, _, _, h, _ in batch]) if think
                 else [m.thought or "" for _, _, m, _, _ in batch])
     rankings = policy.choose_tool_batch([(h, t, c, True) for (_, _, _, h, c), t in zip(batch, thoughts)], k=k)
@@ -112,6 +113,34 @@ def evaluate(policy: Policy, trajectories: Sequence[Trajectory], corpus: ToolCor
   return {"setting": setting, "k": k, "overall": totals["overall"].summary(),
           "by_group": {g: c.summary() for g, c in sorted(totals.items()) if g != "overall"},
           "skipped_unresolved": skipped, "trajectories": len(trajectories)}
+
+
+def _history_chars(history: Sequence[Message]) -> int:
+  """A history's length in characters (what its prefill costs, up to the tokenizer's ratio)."""
+  return sum(len(x) for m in history for x in (m.content, m.thought, m.action_name, m.action_input) if x)
+
+
+def _lockstep_batches(per_traj: Sequence[list], batch_size: int) -> Iterable[list]:
+  """Batches holding the next step of up to `batch_size` trajectories at once, as concurrent agents would send
+  them (continuous batching: a trajectory that ends gives its row to the next one, shortest first).
+
+  A step's prompt is the one before it plus the gold action, its observation and the next turn, so a row whose
+  previous step was in the batch before continues from that step's KV cache (a model policy's `reuse_cache`):
+  each step feeds only what its history grew by, where one step at a time re-feeds the whole history (ToolBench
+  histories reach thousands of tokens, and prefill is what a step costs on CPU). Shortest first keeps a batch's
+  prompts of similar lengths (each is padded to the batch's longest). With batch_size 1, trajectory order."""
+  order = list(per_traj)
+  if batch_size > 1:
+    order.sort(key=lambda steps: _history_chars(steps[-1][3]) if steps else 0)
+  pending = iter([s for s in order if s])
+  active: list[list] = []  # the steps each row has left
+  while True:
+    active = [a for a in active if a]
+    while len(active) < batch_size and (nxt := next(pending, None)) is not None:
+      active.append(list(nxt))
+    if not active:
+      return
+    yield [a.pop(0) for a in active]
 
 
 def _score_step(totals, corpus, traj, i, m, ranked, candidates, k, text, log):
@@ -164,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                   help="also score the Action Input for the gold tool (the same for both settings)")
   ap.add_argument("--pad_multiple", type=int, default=128,
                   help="trained workdir: prompts are left-padded to a multiple of this (fewer compiled shapes)")
-  ap.add_argument("--batch_size", type=int, default=8, help="steps decided together (one prefill and search each)")
+  ap.add_argument("--batch_size", type=int, default=8,
+                  help="trajectories replayed together: a batch holds the next step of each (one prefill and search)")
   ap.add_argument("--reuse_cache", action=argparse.BooleanOptionalAction, default=True,
                   help="trained workdir: continue each step's prompts from the KV cache of the one before "
                        "(--no-reuse_cache --batch_size=1 is the one-step-at-a-time, re-prefilling path it replaced)")
